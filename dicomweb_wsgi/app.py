@@ -1,0 +1,206 @@
+"""The WSGI application: ``make_app(settings)`` builds everything per app (no module globals).
+
+This is the one place where errors become responses: a ``DicomWebError`` becomes its status with a
+plain-text reason; anything unexpected is logged and answered with a 500 that reveals nothing.
+It also adds the CORS headers and answers CORS preflights, and writes one access-log line per request.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from .archive import Archive
+from .config import Settings, load_settings
+from .errors import DicomWebError, MethodNotAllowed
+from .http import Request, Response, iter_file, status_line
+from .router import Router
+
+log = logging.getLogger("dicomweb_wsgi")
+access_log = logging.getLogger("dicomweb_wsgi.access")
+
+CORS_ALLOW_HEADERS = "Accept, Authorization, Content-Type, Cache-Control, If-None-Match, Range"
+CORS_EXPOSE_HEADERS = "Content-Type, Content-Length, Content-Location, Location, Warning, ETag"
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
+
+
+@dataclass
+class AppContext:
+    """Everything handlers need, built once per app and reached through ``req.ctx``."""
+
+    settings: Settings
+    archive: Archive
+    router: Router
+
+
+StartResponse = Callable[..., Any]
+
+
+class DicomWebApp:
+    """The WSGI callable."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def archive(self) -> Archive:
+        return self.ctx.archive
+
+    def close(self) -> None:
+        self.ctx.archive.close()
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        req = Request(environ, self.ctx)
+        try:
+            resp = self.handle(req)
+        except DicomWebError as exc:
+            resp = error_response(exc)
+        except Exception:
+            log.exception("unexpected error in %s %s", req.method, req.path)
+            resp = Response(500, b"internal server error\n", "text/plain; charset=utf-8")
+        self.add_cors(req, resp)
+        return self.send(req, resp, start_response, started)
+
+    def handle(self, req: Request) -> Response:
+        if req.method == "OPTIONS" and self.is_preflight(req):
+            return self.preflight(req)
+        if self.settings.read_only and req.method in WRITE_METHODS:
+            raise MethodNotAllowed(["GET", "HEAD", "OPTIONS"], "the server is read-only")
+        if req.method == "OPTIONS":
+            found = self.ctx.router.match(req.path)
+            if found is not None and "OPTIONS" not in found[0].methods:
+                resp = Response(204)
+                resp.add_header("Allow", ", ".join(self.ctx.router.allowed(found[0])))
+                return resp
+        handler, kwargs = self.ctx.router.resolve(req)
+        req.route_kwargs = kwargs
+        return handler(req, **kwargs)
+
+    # -- CORS ------------------------------------------------------------------------------------
+    @staticmethod
+    def is_preflight(req: Request) -> bool:
+        return bool(req.header("Origin") and req.header("Access-Control-Request-Method"))
+
+    def allowed_origin(self, origin: str | None) -> str | None:
+        origins = self.settings.cors_origins
+        if not origin or not origins:
+            return None
+        if "*" in origins:
+            return "*"
+        return origin if origin in origins else None
+
+    def preflight(self, req: Request) -> Response:
+        resp = Response(204)
+        found = self.ctx.router.match(req.path)
+        methods = self.ctx.router.allowed(found[0]) if found else ["GET", "HEAD", "OPTIONS"]
+        if self.allowed_origin(req.header("Origin")):
+            resp.add_header("Access-Control-Allow-Methods", ", ".join(methods))
+            requested = req.header("Access-Control-Request-Headers")
+            resp.add_header("Access-Control-Allow-Headers",
+                            CORS_ALLOW_HEADERS + (", " + requested if requested else ""))
+            resp.add_header("Access-Control-Max-Age", "86400")
+        return resp
+
+    def add_cors(self, req: Request, resp: Response) -> None:
+        origin = self.allowed_origin(req.header("Origin"))
+        if origin is None:
+            return
+        resp.add_header("Access-Control-Allow-Origin", origin)
+        if origin != "*":
+            resp.add_header("Vary", "Origin")
+        resp.add_header("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, req: Request, resp: Response, start_response: StartResponse, started: float) -> Iterable[bytes]:
+        headers = list(resp.headers)
+        if resp.content_type and resp.get_header("Content-Type") is None:
+            headers.insert(0, ("Content-Type", resp.content_type))
+        body: Iterable[bytes]
+        length: int | None
+        if resp.file is not None:
+            length = resp.file_length
+            wrapper = req.environ.get("wsgi.file_wrapper")
+            if req.method == "HEAD":
+                resp.file.close()
+                body = []
+            elif wrapper is not None and length is not None:
+                body = wrapper(resp.file, 1 << 20)
+            else:
+                body = iter_file(resp.file, length)
+        elif isinstance(resp.body, (bytes, bytearray)):
+            length = len(resp.body)
+            body = [] if req.method == "HEAD" else [bytes(resp.body)]
+        else:
+            length = None
+            body = resp.body
+            if req.method == "HEAD":
+                close = getattr(body, "close", None)
+                if close:
+                    close()
+                body = []
+        if length is not None and resp.status not in (204, 304):
+            headers.append(("Content-Length", str(length)))
+        start_response(status_line(resp.status), headers)
+        return _Logged(body, req, resp.status, started)
+
+
+class _Logged:
+    """Wraps a response body to write the access-log line when the server closes it."""
+
+    def __init__(self, body: Iterable[bytes], req: Request, status: int, started: float) -> None:
+        self.body = body
+        self.req = req
+        self.status = status
+        self.started = started
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self.body:
+                self.sent += len(chunk)
+                yield chunk
+        except Exception:
+            # Headers are gone: the client sees a truncated body; the log says why.
+            log.exception("error while streaming %s %s", self.req.method, self.req.path)
+            raise
+
+    def close(self) -> None:
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
+        access_log.info("%s %s %s %d %d %.1fms", self.req.environ.get("REMOTE_ADDR", "-"), self.req.method,
+                        self.req.path, self.status, self.sent, (time.perf_counter() - self.started) * 1000)
+
+
+def error_response(exc: DicomWebError) -> Response:
+    """The one way an error becomes a response."""
+    resp = Response(exc.status, (exc.reason.rstrip() + "\n").encode("utf-8"), "text/plain; charset=utf-8")
+    for name, value in exc.headers.items():
+        resp.add_header(name, value)
+    return resp
+
+
+def make_app(settings: Settings | Mapping[str, Any] | None = None, **overrides: Any) -> DicomWebApp:
+    """Build a complete, independent application (its own archive, router and settings)."""
+    from .routes import build_routes
+
+    if not isinstance(settings, Settings):
+        values = dict(settings or {})
+        values.update(overrides)
+        settings = load_settings(values)
+    elif overrides:
+        settings = load_settings({**settings.__dict__, **overrides})
+    archive = Archive.open(settings)
+    router = Router(build_routes(settings))
+    return DicomWebApp(AppContext(settings, archive, router))
+
+
+def paste_app_factory(global_config: Mapping[str, Any], **local_conf: Any) -> DicomWebApp:
+    """PasteDeploy entry point: ``[app:main] use = egg:dicomweb-wsgi``."""
+    return make_app({k: v for k, v in local_conf.items() if k.startswith("dicomweb.")})

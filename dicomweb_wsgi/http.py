@@ -1,0 +1,182 @@
+"""The request and response objects handlers see; the only code that reads the WSGI environ.
+
+Handlers take a ``Request`` and return a ``Response``; they never call ``start_response``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator
+from urllib.parse import parse_qs, quote
+
+from .errors import BadRequest, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from .app import AppContext
+    from .mediatypes import MediaType
+
+CHUNK_SIZE = 1024 * 1024
+
+
+class Request:
+    """One HTTP request: method, path, query, headers, bounded body, public base URL."""
+
+    def __init__(self, environ: dict[str, Any], ctx: AppContext) -> None:
+        self.environ = environ
+        self.ctx = ctx
+        self.method: str = environ.get("REQUEST_METHOD", "GET").upper()
+        self.path: str = environ.get("PATH_INFO", "") or "/"
+        self.route_kwargs: dict[str, Any] = {}
+        self.user: str | None = None
+
+    @cached_property
+    def query(self) -> dict[str, list[str]]:
+        """Query parameters, percent-decoded, blank values kept (PS3.18 universal matching needs them)."""
+        qs = self.environ.get("QUERY_STRING", "")
+        try:
+            return parse_qs(qs, keep_blank_values=True, strict_parsing=False, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise BadRequest("query string is not valid UTF-8") from exc
+
+    def query_one(self, name: str, default: str | None = None) -> str | None:
+        """The last value of a query parameter (case-sensitive name), or ``default``."""
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """A request header by its HTTP name, e.g. ``header("Content-Type")``."""
+        key = name.upper().replace("-", "_")
+        if key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            value = self.environ.get(key)
+        else:
+            value = self.environ.get("HTTP_" + key)
+        return value if value not in (None, "") else default
+
+    @cached_property
+    def accept(self) -> list[MediaType]:
+        """Acceptable media types: the ``accept`` query parameter wins over the header (PS3.18 §8.3.3.1)."""
+        from .mediatypes import accept_from_environ
+
+        return accept_from_environ(self.environ)
+
+    @cached_property
+    def content_length(self) -> int | None:
+        raw = self.environ.get("CONTENT_LENGTH")
+        if raw in (None, ""):
+            return None
+        try:
+            value = int(raw)
+        except ValueError as exc:
+            raise BadRequest("invalid Content-Length") from exc
+        if value < 0:
+            raise BadRequest("invalid Content-Length")
+        return value
+
+    def body_stream(self, limit: int) -> tuple[BinaryIO, int | None]:
+        """The request body stream and its length; 413 before reading anything if it is too large."""
+        length = self.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")
+        stream = self.environ["wsgi.input"]
+        if length is None and not self.environ.get("wsgi.input_terminated"):
+            # Without a length or a terminated stream we cannot tell where the body ends.
+            length = 0
+        return _LimitedReader(stream, limit), length
+
+    @cached_property
+    def base_url(self) -> str:
+        """The public URL of the service root, for RetrieveURL and BulkDataURI values.
+
+        The ``public_url`` setting wins; otherwise scheme, host and SCRIPT_NAME as the WSGI server
+        reports them (waitress rewrites these from trusted proxy headers and ``url_prefix``).
+        """
+        configured = self.ctx.settings.public_url
+        if configured:
+            return configured.rstrip("/")
+        env = self.environ
+        scheme = env.get("wsgi.url_scheme", "http")
+        host = env.get("HTTP_HOST")
+        if not host:
+            host = env.get("SERVER_NAME", "localhost")
+            port = env.get("SERVER_PORT", "")
+            if port and (scheme, port) not in (("http", "80"), ("https", "443")):
+                host = f"{host}:{port}"
+        return f"{scheme}://{host}{quote(env.get('SCRIPT_NAME', ''))}".rstrip("/")
+
+
+class _LimitedReader:
+    """A body stream that raises 413 once more than ``limit`` bytes have been read (chunked bodies)."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._left + 1
+        data = self._stream.read(min(size, self._left + 1))
+        self._left -= len(data)
+        if self._left < 0:
+            raise PayloadTooLarge("request body exceeds the configured limit")
+        return data
+
+
+@dataclass
+class Response:
+    """What a handler returns: a status, headers and a body.
+
+    The body is bytes, an iterable of bytes (streamed), or an open file (``file``) which the
+    app hands to ``wsgi.file_wrapper`` so the server can send it without copying through Python.
+    """
+
+    status: int = 200
+    body: bytes | Iterable[bytes] = b""
+    content_type: str | None = None
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    file: BinaryIO | None = None
+    file_length: int | None = None
+
+    def add_header(self, name: str, value: str) -> None:
+        self.headers.append((name, value))
+
+    def get_header(self, name: str) -> str | None:
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    @classmethod
+    def for_file(cls, path: str, content_type: str, status: int = 200) -> Response:
+        """A response that streams a whole file (through ``wsgi.file_wrapper`` when available)."""
+        fh = open(path, "rb")
+        return cls(status=status, content_type=content_type, file=fh, file_length=os.fstat(fh.fileno()).st_size)
+
+
+def iter_file(fh: BinaryIO, length: int | None = None, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """Yield a file's bytes (``length`` of them, or to EOF) in chunks, closing it at the end."""
+    try:
+        left = length
+        while left is None or left > 0:
+            data = fh.read(chunk_size if left is None else min(chunk_size, left))
+            if not data:
+                break
+            if left is not None:
+                left -= len(data)
+            yield data
+    finally:
+        fh.close()
+
+
+REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
+    304: "Not Modified", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 410: "Gone",
+    413: "Payload Too Large", 415: "Unsupported Media Type", 416: "Range Not Satisfiable",
+    500: "Internal Server Error", 503: "Service Unavailable",
+}
+
+
+def status_line(status: int) -> str:
+    return f"{status} {REASONS.get(status, 'Unknown')}"

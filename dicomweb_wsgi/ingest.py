@@ -1,0 +1,188 @@
+"""Turn an uploaded PS3.10 file into an index record: validate, build DICOM JSON, find the frames.
+
+All the work a retrieval would otherwise repeat is done here, once: the instance's DICOM JSON
+(so metadata requests never parse files), the study- and series-level attribute sets (for QIDO),
+the indexed column values, and the byte layout of frames and bulk data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import pydicom
+from pydicom.dataelem import RawDataElement
+from pydicom.errors import InvalidDicomError
+
+from . import dicomjson, frames
+from .errors import DicomStatus
+from .model import INDEXED, Level, NON_PATIENT_SOP_CLASSES, is_valid_uid, level_of_tag
+from .storage.base import InstanceRecord
+
+
+class IngestError(Exception):
+    """An uploaded part cannot be stored; carries the STOW FailureReason."""
+
+    def __init__(self, code: DicomStatus, reason: str, *, sop_class_uid: str | None = None,
+                 sop_uid: str | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.sop_class_uid = sop_class_uid
+        self.sop_uid = sop_uid
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed upload, not yet stored: the record minus its blob key."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    size: int
+    digest: str
+    study_columns: dict
+    series_columns: dict
+    instance_columns: dict
+    study_json: str
+    series_json: str
+    metadata_json: str
+    frames_json: str | None
+    bulk_json: str | None
+
+    def record(self, blob_key: str) -> InstanceRecord:
+        return InstanceRecord(
+            self.study_uid, self.series_uid, self.sop_uid, self.sop_class_uid, self.transfer_syntax, blob_key,
+            self.size, self.digest, self.study_columns, self.series_columns, self.instance_columns,
+            self.study_json, self.series_json, self.metadata_json, self.frames_json, self.bulk_json)
+
+
+def bulk_prefix(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """Where an instance's BulkDataURIs point, relative to the placeholder for the public base URL."""
+    return f"{dicomjson.BASE_PLACEHOLDER}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/bulkdata"
+
+
+def _uid_value(obj: dict, tag: str) -> str | None:
+    values = obj.get(tag, {}).get("Value")
+    if values and isinstance(values[0], str):
+        return values[0].strip()
+    return None
+
+
+def column_value(element: dict) -> str | None:
+    """The text the index keeps for one attribute: values joined with a backslash; PN alphabetic."""
+    values = element.get("Value")
+    if not values:
+        return None
+    parts = []
+    for value in values:
+        if isinstance(value, dict):  # PN
+            parts.append(str(value.get("Alphabetic", "")))
+        elif isinstance(value, float) and value.is_integer():
+            parts.append(str(int(value)))
+        else:
+            parts.append(str(value))
+    return "\\".join(parts)
+
+
+def _check_not_truncated(ds: pydicom.Dataset, path: str, ts: str) -> None:
+    """Deferred values are not read at parse time: make sure each one lies within the file."""
+    if ts == "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
+        return
+    size = os.path.getsize(path)
+    for tag in ds.keys():
+        elem = ds.get_item(tag, keep_deferred=True)
+        if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0xFFFFFFFF:
+            if elem.value_tell + elem.length > size:
+                raise IngestError(DicomStatus.CANNOT_UNDERSTAND,
+                                  f"truncated file: element {elem.tag} declares {elem.length} bytes past the end")
+
+
+def add_missing_preamble(path: str) -> None:
+    """Give a file that starts directly with its File Meta group the PS3.10 preamble and prefix.
+
+    pydicom 3 writes data sets without a preamble unless asked, and dicomweb-client sends what it
+    writes; we store and serve PS3.10 files, so the 132 bytes are added once, at store time.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+        if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00"):
+            return
+        tmp = path + ".pre"
+        with open(tmp, "wb") as out:
+            out.write(b"\x00" * 128 + b"DICM")
+            fh.seek(0)
+            shutil.copyfileobj(fh, out, 1 << 20)
+    os.replace(tmp, path)
+
+
+def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
+    """Parse and validate one uploaded file; raises IngestError with the FailureReason to report."""
+    add_missing_preamble(path)
+    try:
+        ds = pydicom.dcmread(path, defer_size=max(bulk_threshold, 256))
+        ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    except (InvalidDicomError, EOFError) as exc:
+        raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
+    except Exception as exc:  # pydicom raises many types on damaged input
+        raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"cannot parse the DICOM file: {exc}") from exc
+    try:
+        sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+        sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+    except Exception as exc:
+        raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"cannot read the SOP identification: {exc}") from exc
+    _check_not_truncated(ds, path, ts)
+    if not ts or not is_valid_uid(ts):
+        raise IngestError(DicomStatus.CANNOT_UNDERSTAND, "missing or invalid TransferSyntaxUID in the file meta",
+                          sop_class_uid=sop_class or None, sop_uid=sop_uid or None)
+    try:
+        obj, bulk_refs = dicomjson.dataset_to_json(
+            ds, bulk_prefix="%%PREFIX%%", threshold=bulk_threshold)
+    except Exception as exc:
+        raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"cannot read the data set: {exc}",
+                          sop_class_uid=sop_class or None, sop_uid=sop_uid or None) from exc
+    study_uid = _uid_value(obj, "0020000D")
+    series_uid = _uid_value(obj, "0020000E")
+    for name, value in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_uid),
+                        ("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
+        if not value or not is_valid_uid(value):
+            raise IngestError(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                              f"{name} is missing or not a valid UID",
+                              sop_class_uid=sop_class or None, sop_uid=sop_uid or None)
+    assert study_uid and series_uid
+    if sop_class in NON_PATIENT_SOP_CLASSES:
+        raise IngestError(DicomStatus.SOP_CLASS_NOT_SUPPORTED,
+                          "non-patient SOP class: store it through its Non-Patient Instance resource",
+                          sop_class_uid=sop_class, sop_uid=sop_uid)
+    metadata = dicomjson.dumps(obj).replace("%%PREFIX%%", bulk_prefix(study_uid, series_uid, sop_uid))
+    levels: dict[Level, dict] = {Level.STUDY: {}, Level.SERIES: {}}
+    for tag, element in obj.items():
+        level = level_of_tag(tag)
+        if level is not Level.INSTANCE:
+            levels[level][tag] = element
+    columns: dict[Level, dict] = {Level.STUDY: {}, Level.SERIES: {}, Level.INSTANCE: {}}
+    for attr in INDEXED:
+        element = obj.get(attr.tag)
+        if element is not None:
+            columns[attr.level][attr.column] = column_value(element)
+    layout = None
+    try:
+        layout = frames.scan_layout(path, ds)
+    except Exception:  # a damaged pixel data element is served by parsing the file instead
+        layout = None
+    with open(path, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        size = fh.tell()
+    bulk = [{"path": r.path, "vr": r.vr, "offset": r.offset, "length": r.length} for r in bulk_refs]
+    return Prepared(
+        study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, sop_class_uid=sop_class,
+        transfer_syntax=ts, size=size, digest=digest,
+        study_columns=columns[Level.STUDY], series_columns=columns[Level.SERIES],
+        instance_columns=columns[Level.INSTANCE],
+        study_json=dicomjson.dumps(levels[Level.STUDY]), series_json=dicomjson.dumps(levels[Level.SERIES]),
+        metadata_json=metadata, frames_json=layout.to_json() if layout is not None else None,
+        bulk_json=json.dumps(bulk, separators=(",", ":")) if bulk else None)

@@ -1,0 +1,119 @@
+"""The DICOM information model as this server indexes it: levels, UIDs, and indexed attributes.
+
+The ``INDEXED`` table is the one list of attributes that have their own column in the index
+(keyword -> level, VR, column). Storage backends take column names only from this table.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import Enum
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """PS3.5 §9.1: 1-64 characters, digits and dots, no empty components."""
+    return 0 < len(value) <= 64 and _UID_RE.match(value) is not None
+
+
+class Level(str, Enum):
+    STUDY = "study"
+    SERIES = "series"
+    INSTANCE = "instance"
+
+
+# PS3.18 §12: the Non-Patient Instance resources and the SOP classes each one holds.
+NPI_RESOURCES: dict[str, frozenset[str]] = {
+    "color-palettes": frozenset({"1.2.840.10008.5.1.4.39.1"}),
+    "hanging-protocols": frozenset({"1.2.840.10008.5.1.4.38.1"}),
+    "defined-procedure-protocols": frozenset({"1.2.840.10008.5.1.4.1.1.200.1"}),
+    "implant-templates": frozenset({
+        "1.2.840.10008.5.1.4.43.1",  # Generic Implant Template
+        "1.2.840.10008.5.1.4.44.1",  # Implant Assembly Template
+        "1.2.840.10008.5.1.4.45.1",  # Implant Template Group
+    }),
+}
+NON_PATIENT_SOP_CLASSES: frozenset[str] = frozenset().union(*NPI_RESOURCES.values())
+
+
+@dataclass(frozen=True)
+class IndexedAttribute:
+    keyword: str
+    tag: str       # 8 hex digits, upper case
+    level: Level
+    vr: str
+    column: str
+
+
+def _a(keyword: str, tag: str, level: Level, vr: str, column: str) -> IndexedAttribute:
+    return IndexedAttribute(keyword, tag, level, vr, column)
+
+
+S, SE, I = Level.STUDY, Level.SERIES, Level.INSTANCE
+INDEXED: tuple[IndexedAttribute, ...] = (
+    # Patient attributes are study-level attributes in QIDO-RS (PS3.18 §10.6.1.2.3).
+    _a("PatientName", "00100010", S, "PN", "patient_name"),
+    _a("PatientID", "00100020", S, "LO", "patient_id"),
+    _a("IssuerOfPatientID", "00100021", S, "LO", "issuer_of_patient_id"),
+    _a("PatientBirthDate", "00100030", S, "DA", "patient_birth_date"),
+    _a("PatientSex", "00100040", S, "CS", "patient_sex"),
+    _a("StudyInstanceUID", "0020000D", S, "UI", "study_uid"),
+    _a("StudyDate", "00080020", S, "DA", "study_date"),
+    _a("StudyTime", "00080030", S, "TM", "study_time"),
+    _a("AccessionNumber", "00080050", S, "SH", "accession_number"),
+    _a("ReferringPhysicianName", "00080090", S, "PN", "referring_physician_name"),
+    _a("StudyID", "00200010", S, "SH", "study_id"),
+    _a("StudyDescription", "00081030", S, "LO", "study_description"),
+    _a("SeriesInstanceUID", "0020000E", SE, "UI", "series_uid"),
+    _a("Modality", "00080060", SE, "CS", "modality"),
+    _a("SeriesNumber", "00200011", SE, "IS", "series_number"),
+    _a("SeriesDescription", "0008103E", SE, "LO", "series_description"),
+    _a("SeriesDate", "00080021", SE, "DA", "series_date"),
+    _a("SeriesTime", "00080031", SE, "TM", "series_time"),
+    _a("BodyPartExamined", "00180015", SE, "CS", "body_part_examined"),
+    _a("PerformedProcedureStepStartDate", "00400244", SE, "DA", "pps_start_date"),
+    _a("PerformedProcedureStepStartTime", "00400245", SE, "TM", "pps_start_time"),
+    _a("SOPInstanceUID", "00080018", I, "UI", "sop_uid"),
+    _a("SOPClassUID", "00080016", I, "UI", "sop_class_uid"),
+    _a("InstanceNumber", "00200013", I, "IS", "instance_number"),
+    _a("Rows", "00280010", I, "US", "rows"),
+    _a("Columns", "00280011", I, "US", "columns"),
+    _a("BitsAllocated", "00280100", I, "US", "bits_allocated"),
+    _a("NumberOfFrames", "00280008", I, "IS", "number_of_frames"),
+    _a("ContentDate", "00080023", I, "DA", "content_date"),
+    _a("ContentTime", "00080033", I, "TM", "content_time"),
+)
+INDEXED_BY_TAG: dict[str, IndexedAttribute] = {a.tag: a for a in INDEXED}
+
+# Attributes kept at study level (besides all of group 0010, the patient): PS3.4 C.6.1.1.2/C.6.2.1.2.
+STUDY_LEVEL_TAGS: frozenset[str] = frozenset({
+    "00080020", "00080030", "00080050", "00080051", "00080090", "00080096", "0008009C", "00081030",
+    "00081032", "00081048", "00081049", "00081060", "00081062", "00081080", "00081110", "0020000D",
+    "00200010", "00321032", "00321033", "00321060", "00321064", "00324000", "00401012", "00102180",
+    "001021B0", "00380010", "00380014", "00380060", "00380062", "00380500", "00400031", "00400032",
+    "00400033",
+})
+# Attributes kept at series level: general series and general equipment modules (PS3.4 C.6.1.1.4).
+SERIES_LEVEL_TAGS: frozenset[str] = frozenset({
+    "00080021", "00080031", "00080060", "00080064", "00080070", "00080080", "00080081", "00081010",
+    "0008103E", "00081040", "00081050", "00081052", "00081070", "00081072", "00081090", "00081111",
+    "00180015", "00181000", "00181020", "00185100", "0020000E", "00200011", "00200060", "00400244",
+    "00400245", "00400253", "00400254", "00400260", "00400275", "00080068", "00100024",
+})
+
+
+def level_of_tag(tag: str) -> Level:
+    """The level an attribute belongs to, by its 8-hex tag."""
+    if tag in STUDY_LEVEL_TAGS or tag.startswith("0010"):
+        return Level.STUDY
+    if tag in SERIES_LEVEL_TAGS:
+        return Level.SERIES
+    return Level.INSTANCE
+
+
+def fold_text(value: str) -> str:
+    """Case- and accent-insensitive form of a string, for PN and fuzzy matching."""
+    decomposed = unicodedata.normalize("NFKD", value)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()

@@ -1,0 +1,115 @@
+"""The filesystem BlobStore: instance bytes in fan-out folders under opaque random keys.
+
+A blob is durable when ``put`` returns: the spooled file is fsynced, renamed into place (atomic on
+POSIX) and its folder fsynced, so after a power cut a key either names the whole file or nothing.
+Blobs are never overwritten; keys are random, so no request value ever becomes a path.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import uuid
+from typing import BinaryIO, Iterator
+
+from .base import BlobInfo, StorageError, StorageFull
+
+_KEY_RE = re.compile(r"^[0-9a-f]{32}$")
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(exc: OSError, what: str) -> StorageError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"{what}: no space left on device")
+    return StorageError(f"{what}: {exc.strerror or exc}")
+
+
+class FileBlobStore:
+    """Blobs as files ``<root>/ab/cd/<key>``; temporary files in ``<root>/tmp`` (same filesystem)."""
+
+    def __init__(self, root: str, *, fsync: bool = True) -> None:
+        self.root = os.path.abspath(root)
+        self.fsync = fsync
+        self.spool_dir = os.path.join(self.root, "tmp")
+        os.makedirs(self.spool_dir, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        if not _KEY_RE.match(key):
+            raise StorageError(f"invalid blob key {key!r}")
+        return os.path.join(self.root, key[:2], key[2:4], key)
+
+    def put(self, spooled_path: str) -> str:
+        key = uuid.uuid4().hex
+        dest = self._path(key)
+        folder = os.path.dirname(dest)
+        try:
+            if self.fsync:
+                fd = os.open(spooled_path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            created = not os.path.isdir(folder)
+            if created:
+                os.makedirs(folder, exist_ok=True)
+            os.rename(spooled_path, dest)
+            if self.fsync:
+                fsync_dir(folder)
+                if created:
+                    fsync_dir(os.path.dirname(folder))
+                    fsync_dir(os.path.dirname(os.path.dirname(folder)))
+        except OSError as exc:
+            raise _storage_error(exc, "storing a blob") from exc
+        return key
+
+    def open(self, key: str) -> BinaryIO:
+        return open(self._path(key), "rb")
+
+    def local_path(self, key: str) -> str:
+        return self._path(key)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise _storage_error(exc, "deleting a blob") from exc
+        if self.fsync:
+            fsync_dir(os.path.dirname(path))
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        for top in sorted(os.listdir(self.root)):
+            top_path = os.path.join(self.root, top)
+            if len(top) != 2 or not os.path.isdir(top_path):
+                continue
+            for sub in sorted(os.listdir(top_path)):
+                sub_path = os.path.join(top_path, sub)
+                if not os.path.isdir(sub_path):
+                    continue
+                for name in sorted(os.listdir(sub_path)):
+                    if _KEY_RE.match(name):
+                        st = os.stat(os.path.join(sub_path, name))
+                        yield BlobInfo(name, st.st_size, st.st_mtime)
+
+    def clean_spool(self, older_than: float) -> int:
+        """Remove temporary files left by interrupted requests (older than a timestamp)."""
+        removed = 0
+        for name in os.listdir(self.spool_dir):
+            path = os.path.join(self.spool_dir, name)
+            try:
+                if os.stat(path).st_mtime < older_than:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed

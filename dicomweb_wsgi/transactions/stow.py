@@ -1,0 +1,153 @@
+"""STOW-RS: Store Instances (PS3.18 §10.5).
+
+Supports: ``POST /studies`` and ``POST /studies/{study}`` with ``multipart/related;
+type="application/dicom"`` (quoted or unquoted parameters, Content-Length or chunked bodies), and a
+single-part ``application/dicom`` body. Each part is streamed to disk, parsed, and stored durably
+before the response is sent. The response is the Store Instances Response Module (PS3.18 Annex I)
+as ``application/dicom+json`` (default) or ``application/dicom+xml``.
+
+Status (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; 409 none stored
+(conflicts or unreadable instances); 503 none stored for lack of resources; 400 the request itself
+cannot be read (malformed multipart); 413 too large; 415 other media types.
+
+Not yet: ``type="application/dicom+json"`` / ``+xml`` metadata with bulk data (415).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterator
+
+from .. import dicomjson
+from ..archive import StoreResult
+from ..errors import BadRequest, DicomStatus, NotAcceptable, UnsupportedMediaType
+from ..http import Request, Response
+from ..mediatypes import Offer, negotiate, parse_media_type
+from ..multipart import read_multipart
+
+RESPONSE_OFFERS = (
+    Offer("application/dicom+json", multipart=False),
+    Offer("application/dicom+xml", multipart=False),
+    Offer("application/json", multipart=False),
+    Offer("application/dicom+xml", multipart=True),
+)
+
+
+def store_instances(req: Request, study_uid: str | None = None) -> Response:
+    """Store the instances in the request body; answer with the Store Instances Response Module."""
+    selection = negotiate(req.accept, RESPONSE_OFFERS)
+    if selection is None:
+        raise NotAcceptable("STOW-RS responses are application/dicom+json or application/dicom+xml")
+    raw_type = req.header("Content-Type")
+    if not raw_type:
+        raise UnsupportedMediaType("missing Content-Type; expected multipart/related; type=\"application/dicom\"")
+    content_type = parse_media_type(raw_type)
+    settings = req.ctx.settings
+    archive = req.ctx.archive
+    stream, length = req.body_stream(settings.max_request_body)
+    if content_type.type == "multipart/related":
+        part_type = (content_type.get("type") or "application/dicom").split(";")[0].strip().lower()
+        if part_type != "application/dicom":
+            raise UnsupportedMediaType(f"multipart/related type {part_type!r} is not supported; "
+                                       "use type=\"application/dicom\"")
+        parts = read_multipart(stream, content_type, spool_dir=archive.blobs.spool_dir, content_length=length,
+                               max_parts=settings.max_parts, max_part_size=settings.max_part_size)
+        paths: Iterator[str] = (part.path for part in parts)
+    elif content_type.type == "application/dicom":
+        paths = iter([_spool_body(stream, length, archive.blobs.spool_dir)])
+    else:
+        raise UnsupportedMediaType(f"{content_type.type} is not supported; expected "
+                                   "multipart/related; type=\"application/dicom\"")
+    results: list[StoreResult] = []
+    try:
+        for result in archive.store_files(paths, expected_study=study_uid):
+            results.append(result)
+    except BadRequest as exc:
+        stored = sum(1 for r in results if r.failure is None)
+        note = f" ({stored} complete instances before the error were stored)" if stored else ""
+        raise BadRequest(f"{exc.reason}{note}") from exc
+    if not results:
+        raise BadRequest("the request contains no parts")
+    return _response(req, results, study_uid, selection.offer.media_type, selection.offer.multipart)
+
+
+def _spool_body(stream, length: int | None, spool_dir: str) -> str:
+    """Write a single-part body to a spool file, in chunks."""
+    fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
+    left = length
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while left is None or left > 0:
+                data = stream.read(1 << 20 if left is None else min(1 << 20, left))
+                if not data:
+                    break
+                out.write(data)
+                if left is not None:
+                    left -= len(data)
+        if left:
+            raise BadRequest("request body shorter than its Content-Length")
+    except BaseException:
+        os.unlink(path)
+        raise
+    return path
+
+
+def _uid_element(value: str | None) -> dict:
+    return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
+
+
+def _status(results: list[StoreResult]) -> int:
+    failed = [r for r in results if r.failure is not None]
+    if not failed:
+        return 200
+    if len(failed) < len(results):
+        return 202  # PS3.18 §10.5.3: some stored, some not
+    if all(r.failure == DicomStatus.OUT_OF_RESOURCES for r in failed):
+        return 503
+    return 409
+
+
+def _response(req: Request, results: list[StoreResult], study_uid: str | None, media_type: str,
+              multipart: bool) -> Response:
+    base = req.base_url
+    referenced, failed = [], []
+    for r in results:
+        item = {"00081150": _uid_element(r.sop_class_uid), "00081155": _uid_element(r.sop_uid)}
+        if r.failure is not None:
+            item["00081197"] = {"vr": "US", "Value": [int(r.failure)]}
+            failed.append(item)
+        else:
+            item["00081190"] = {"vr": "UR", "Value": [
+                f"{base}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_uid}"]}
+            referenced.append(item)
+    body: dict = {}
+    studies = {r.study_uid for r in results if r.failure is None}
+    target = study_uid or (next(iter(studies)) if len(studies) == 1 else None)
+    if target:
+        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{target}"]}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    resp = Response(_status(results))
+    reasons = sorted({r.reason for r in results if r.failure is not None})
+    if reasons:
+        # The machine-readable reasons are in FailedSOPSequence; the Warning header says it in words.
+        text = "; ".join(reasons)[:500].replace('"', "'")
+        resp.add_header("Warning", f'299 dicomweb_wsgi "{text}"')
+    if media_type == "application/dicom+xml":
+        xml = dicomjson.json_to_xml(body)
+        if multipart:
+            from ..multipart import multipart_content_type, new_boundary, write_multipart
+
+            boundary = new_boundary()
+            resp.body = b"".join(write_multipart([({"Content-Type": "application/dicom+xml"}, [xml])], boundary))
+            resp.content_type = multipart_content_type("application/dicom+xml", boundary)
+        else:
+            resp.body = xml
+            resp.content_type = "application/dicom+xml"
+    else:
+        # dicomweb-client compares this string exactly: no charset parameter.
+        resp.body = dicomjson.dumps(body).encode("utf-8")
+        resp.content_type = "application/json" if media_type == "application/json" else "application/dicom+json"
+    return resp

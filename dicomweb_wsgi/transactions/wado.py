@@ -1,0 +1,141 @@
+"""WADO-RS: Retrieve study, series and instance (PS3.18 §10.4).
+
+Supports: ``multipart/related; type="application/dicom"`` (default) for study, series and instance,
+and single-part ``application/dicom`` for an instance; the ``transfer-syntax`` parameter (a UID or
+``*``); Accept lists with q-values and the ``accept`` query parameter. Responses are streamed from
+the stored files; a single untouched file goes out through ``wsgi.file_wrapper``.
+
+Transfer syntaxes (PS3.18 §8.7.3): with no ``transfer-syntax``, Explicit VR Little Endian is sent,
+transcoding when needed. ``*`` sends the stored syntax, except that Implicit VR Little Endian and
+Explicit VR Big Endian (which shall not be used with Web Services) go out as Explicit VR Little
+Endian. A syntax that cannot be produced for every instance asked for is a 406.
+"""
+from __future__ import annotations
+
+import itertools
+import tempfile
+from typing import BinaryIO, Iterator
+
+from .. import transcode
+from ..errors import NotAcceptable, NotFound
+from ..http import Request, Response, iter_file
+from ..mediatypes import Offer, Selection, negotiate
+from ..multipart import multipart_content_type, new_boundary, write_multipart
+from ..storage.base import StoredInstance
+
+NEVER_SENT = frozenset({transcode.IMPLICIT_VR_LE, transcode.EXPLICIT_VR_BE})
+
+
+def retrieve_study(req: Request, study_uid: str) -> Response:
+    """All instances of a study as ``multipart/related; type="application/dicom"``."""
+    return _retrieve(req, req.ctx.archive.instances(study_uid), f"study {study_uid}", single_ok=False)
+
+
+def retrieve_series(req: Request, study_uid: str, series_uid: str) -> Response:
+    """All instances of a series as ``multipart/related; type="application/dicom"``."""
+    return _retrieve(req, req.ctx.archive.instances(study_uid, series_uid), f"series {series_uid}",
+                     single_ok=False)
+
+
+def retrieve_instance(req: Request, study_uid: str, series_uid: str, sop_uid: str) -> Response:
+    """One instance, multipart (default) or single-part ``application/dicom``."""
+    return _retrieve(req, req.ctx.archive.instances(study_uid, series_uid, sop_uid), f"instance {sop_uid}",
+                     single_ok=True)
+
+
+def target_syntax(stored: str, requested: str | None) -> str:
+    """The syntax an instance is sent in for a requested ``transfer-syntax`` (None: the default)."""
+    if requested == "*":
+        return transcode.EXPLICIT_VR_LE if stored in NEVER_SENT else stored
+    return requested or transcode.EXPLICIT_VR_LE
+
+
+def dicom_offers(instances: list[StoredInstance], single_ok: bool) -> list[Offer]:
+    """What we can send for these instances: the syntaxes every one of them can be produced in."""
+    syntaxes: frozenset[str] | None = None
+    for stored in {inst.transfer_syntax for inst in instances}:
+        reachable = transcode.producible_syntaxes(stored) - NEVER_SENT
+        syntaxes = reachable if syntaxes is None else syntaxes & reachable
+    syntaxes = frozenset(syntaxes or ())
+    offers = [Offer("application/dicom", multipart=True, transfer_syntaxes=syntaxes)]
+    if single_ok:
+        offers.append(Offer("application/dicom", multipart=False, transfer_syntaxes=syntaxes))
+    return offers
+
+
+def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bool) -> Selection:
+    selection = negotiate(req.accept, dicom_offers(instances, single_ok))
+    if selection is None:
+        raise NotAcceptable("none of the acceptable media types or transfer syntaxes can be produced; "
+                            "this resource offers multipart/related; type=\"application/dicom\""
+                            + (" and application/dicom" if single_ok else ""))
+    if selection.transfer_syntax is None and selection.offer.transfer_syntaxes is not None \
+            and transcode.EXPLICIT_VR_LE not in selection.offer.transfer_syntaxes:
+        raise NotAcceptable("the instances cannot be sent in the default Explicit VR Little Endian; "
+                            "ask for transfer-syntax=* to receive them as stored")
+    return selection
+
+
+def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_ok: bool) -> Response:
+    if not instances:
+        raise NotFound(f"{what} not found")
+    selection = negotiate_dicom(req, instances, single_ok)
+    archive = req.ctx.archive
+    if not selection.offer.multipart:
+        inst = instances[0]
+        ts = target_syntax(inst.transfer_syntax, selection.transfer_syntax)
+        content_type = f"application/dicom; transfer-syntax={ts}"
+        if ts == inst.transfer_syntax:
+            return Response.for_file(archive.path(inst), content_type)
+        # Transcode before the status is sent, so a failure is still an error response.
+        spool, length = _transcoded(archive.path(inst), ts)
+        return Response(content_type=content_type, file=spool, file_length=length)
+    boundary = new_boundary()
+    base = req.base_url
+    first = instances[0]
+    first_ts = target_syntax(first.transfer_syntax, selection.transfer_syntax)
+    # Transcode the first instance before the status goes out, so a single-instance request that
+    # cannot be transcoded is a 406. A later failure can only cut the stream short (the client
+    # then sees no closing boundary), which is better than silently leaving an instance out.
+    head = [_part(archive.path(first), first, first_ts, base, eager=True)]
+    rest = (_part(archive.path(inst), inst, target_syntax(inst.transfer_syntax, selection.transfer_syntax), base)
+            for inst in instances[1:])
+    parts = itertools.chain(head, rest)
+    params = {}
+    if selection.transfer_syntax:
+        params["transfer-syntax"] = selection.transfer_syntax
+    return Response(body=write_multipart(parts, boundary),
+                    content_type=multipart_content_type("application/dicom", boundary, **params))
+
+
+def _part(path: str, inst: StoredInstance, ts: str, base: str,
+          eager: bool = False) -> tuple[dict[str, str], Iterator[bytes]]:
+    headers = {
+        "Content-Type": f"application/dicom; transfer-syntax={ts}",
+        "Content-Location": f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}",
+    }
+    if ts == inst.transfer_syntax:
+        return headers, iter_file(open(path, "rb"))
+    if eager:
+        spool, length = _transcoded(path, ts)
+        return headers, iter_file(spool, length)
+    return headers, _encoded(path, ts)
+
+
+def _transcoded(path: str, ts: str) -> tuple[BinaryIO, int]:
+    """The instance re-encoded in ``ts``, in a temporary file (in memory while small)."""
+    spool = tempfile.SpooledTemporaryFile(max_size=16 << 20)
+    try:
+        transcode.transcode_file(path, ts, spool)
+    except BaseException:
+        spool.close()
+        raise
+    length = spool.tell()
+    spool.seek(0)
+    return spool, length  # type: ignore[return-value]
+
+
+def _encoded(path: str, ts: str) -> Iterator[bytes]:
+    """The instance re-encoded in ``ts``, produced when the multipart body gets to it."""
+    spool, length = _transcoded(path, ts)
+    yield from iter_file(spool, length)

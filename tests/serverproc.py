@@ -1,0 +1,76 @@
+"""Run ``dicomweb-wsgi serve`` in a subprocess on a free 127.0.0.1 port, for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+STARTUP_TIMEOUT = 30.0
+
+
+class ServerProcess:
+    """A live server: ``url`` is its base URL; ``stop()`` (or the context manager) ends it.
+
+    ``--max-seconds`` makes the server exit by itself even if a test run is killed.
+    """
+
+    def __init__(self, data_dir: str, *, config: str | None = None, extra: Sequence[str] = (),
+                 max_seconds: float = 600, env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "dicomweb_wsgi", "serve", "--data", data_dir, "--listen", "127.0.0.1:0",
+               "--max-seconds", str(max_seconds), *extra]
+        if config:
+            cmd += ["--config", config]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
+        self.url = self._wait_for_url()
+        self.output: list[str] = []
+        # Keep reading the server's output so a full pipe never blocks it.
+        self._drain = threading.Thread(target=self._read_output, daemon=True)
+        self._drain.start()
+
+    def _read_output(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                self.output.append(line)
+                del self.output[:-200]
+        except (ValueError, OSError):
+            pass
+
+    def _wait_for_url(self) -> str:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        lines = []
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+            if m:
+                return m.group(1)
+        self.stop()
+        raise RuntimeError("server did not start:\n" + "".join(lines))
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up (crash trials)."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

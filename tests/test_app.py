@@ -1,0 +1,148 @@
+"""The application shell: routing errors, the one error-to-response path, CORS, base URLs."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import webtest
+
+from dicomweb_wsgi.app import make_app
+from dicomweb_wsgi.errors import Conflict
+from dicomweb_wsgi.http import Response
+from dicomweb_wsgi.router import Route, Router
+from dicomweb_wsgi.testing import make_dataset, store
+
+
+def test_unknown_path_returns_404_text(dicomweb_client):
+    resp = dicomweb_client.get("/nothing/here", status=404)
+    assert resp.content_type == "text/plain"
+
+
+def test_wrong_method_returns_405_with_allow(dicomweb_client):
+    resp = dicomweb_client.put("/studies", b"", status=405)
+    allow = {m.strip() for m in resp.headers["Allow"].split(",")}
+    assert "POST" in allow and "OPTIONS" in allow
+
+
+@pytest.mark.parametrize("path", [
+    "/studies/..%2F..%2Fetc%2Fpasswd",
+    "/studies/1.2.3/series/..",
+    "/studies/abc",
+    "/studies/1.2.3/series/1..2",
+    "/studies/" + "1" * 65,
+    "/studies/1.2.%00",
+    "/studies/.1.2",
+])
+def test_invalid_uid_in_path_returns_400(dicomweb_client, path):
+    resp = dicomweb_client.get(path, status=400)
+    assert "invalid" in resp.text
+
+
+def test_trailing_slash_is_ignored(dicomweb_client):
+    ds = make_dataset()
+    store(dicomweb_client, [ds])
+    dicomweb_client.get(f"/studies/{ds.StudyInstanceUID}/", status=200)
+
+
+def test_options_without_preflight_lists_allowed_methods(dicomweb_client):
+    resp = dicomweb_client.options("/studies", status=204)
+    assert "POST" in resp.headers["Allow"]
+
+
+def test_cors_preflight_answers_allow_headers(dicomweb_client):
+    resp = dicomweb_client.options("/studies", headers={
+        "Origin": "http://viewer.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization"}, status=204)
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+    allow_headers = resp.headers["Access-Control-Allow-Headers"].lower()
+    for name in ("accept", "authorization", "content-type"):
+        assert name in allow_headers
+    assert int(resp.headers["Access-Control-Max-Age"]) > 0
+
+
+def test_cors_headers_on_normal_and_error_responses(dicomweb_client):
+    resp = dicomweb_client.get("/studies/1.2.3", headers={"Origin": "http://viewer.example"}, status=404)
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    expose = resp.headers["Access-Control-Expose-Headers"]
+    for name in ("Warning", "Content-Location", "Location"):
+        assert name in expose
+
+
+def test_cors_only_configured_origins(tmp_path):
+    app = make_app({"data_dir": str(tmp_path / "d"), "cors_origins": "https://ok.example", "fsync": "0"})
+    client = webtest.TestApp(app)
+    ok = client.get("/studies/1.2.3", headers={"Origin": "https://ok.example"}, status=404)
+    assert ok.headers["Access-Control-Allow-Origin"] == "https://ok.example"
+    assert ok.headers["Vary"] == "Origin"
+    bad = client.get("/studies/1.2.3", headers={"Origin": "https://evil.example"}, status=404)
+    assert "Access-Control-Allow-Origin" not in bad.headers
+    app.close()
+
+
+def test_no_cors_headers_when_disabled(tmp_path):
+    app = make_app({"data_dir": str(tmp_path / "d"), "fsync": "0"})
+    resp = webtest.TestApp(app).get("/studies/1.2.3", headers={"Origin": "https://x.example"}, status=404)
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    app.close()
+
+
+def test_unexpected_error_is_500_revealing_nothing(dicomweb_app, caplog):
+    def boom(req):
+        raise RuntimeError("secret /etc/path detail")
+
+    dicomweb_app.ctx.router = Router([Route("GET", "/boom", boom)])
+    with caplog.at_level(logging.ERROR):
+        resp = webtest.TestApp(dicomweb_app).get("/boom", status=500)
+    assert "secret" not in resp.text and "Traceback" not in resp.text
+    assert "secret /etc/path detail" in caplog.text
+
+
+def test_handler_error_becomes_its_status(dicomweb_app):
+    def conflict(req):
+        raise Conflict("already there")
+
+    def ok(req):
+        return Response(200, b"fine", "text/plain")
+
+    dicomweb_app.ctx.router = Router([Route("GET", "/c", conflict), Route("GET", "/ok", ok)])
+    client = webtest.TestApp(dicomweb_app)
+    assert client.get("/c", status=409).text == "already there\n"
+    assert client.get("/ok", status=200).text == "fine"
+
+
+def test_public_url_setting_is_used_in_retrieve_urls(tmp_path):
+    app = make_app({"data_dir": str(tmp_path / "d"), "public_url": "https://pacs.example/dicomweb/",
+                    "fsync": "0"})
+    resp = store(webtest.TestApp(app), [make_dataset()])
+    assert resp.json["00081190"]["Value"][0].startswith("https://pacs.example/dicomweb/studies/")
+    app.close()
+
+
+def test_script_name_and_forwarded_scheme_are_used_in_retrieve_urls(dicomweb_client):
+    ds = make_dataset()
+    from dicomweb_wsgi.testing import stow_body
+
+    content_type, body = stow_body([ds])
+    resp = dicomweb_client.post("/studies", body, headers={"Content-Type": content_type, "Host": "pacs:8443"},
+                                extra_environ={"SCRIPT_NAME": "/dicomweb", "wsgi.url_scheme": "https"},
+                                status=200)
+    assert resp.json["00081190"]["Value"] == [f"https://pacs:8443/dicomweb/studies/{ds.StudyInstanceUID}"]
+
+
+def test_apps_are_independent(tmp_path):
+    a = make_app({"data_dir": str(tmp_path / "a"), "fsync": "0"})
+    b = make_app({"data_dir": str(tmp_path / "b"), "fsync": "0"})
+    ds = make_dataset()
+    store(webtest.TestApp(a), [ds])
+    webtest.TestApp(b).get(f"/studies/{ds.StudyInstanceUID}", status=404)
+    webtest.TestApp(a).get(f"/studies/{ds.StudyInstanceUID}", status=200)
+    a.close()
+    b.close()
+
+
+def test_unknown_setting_is_rejected(tmp_path):
+    from dicomweb_wsgi.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown setting"):
+        make_app({"data_dir": str(tmp_path), "no_such_key": "1"})

@@ -1,0 +1,131 @@
+"""Contract tests for the storage backends (a new backend must pass these too)."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import threading
+
+import pytest
+
+from dicomweb_wsgi.storage.base import DuplicatePolicy, InstanceRecord, Outcome, StorageError, StorageFull
+from dicomweb_wsgi.storage.file_blobs import FileBlobStore
+from dicomweb_wsgi.storage.sqlite_index import MIGRATIONS, SqliteIndex
+
+
+def record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3", key: str | None = None,
+           modality: str = "CT", number: str = "1") -> InstanceRecord:
+    return InstanceRecord(
+        study_uid=study, series_uid=series, sop_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        transfer_syntax="1.2.840.10008.1.2.1", blob_key=key or hashlib.md5(sop.encode()).hexdigest(),
+        size=10, digest="d", study_columns={"patient_name": "Müller^Hans", "patient_id": "P1"},
+        series_columns={"modality": modality, "series_number": "1"}, instance_columns={"instance_number": number},
+        study_json="{}", series_json="{}", metadata_json=f'{{"sop":"{sop}"}}')
+
+
+@pytest.fixture
+def index(tmp_path):
+    idx = SqliteIndex(str(tmp_path / "index.sqlite3"), synchronous="NORMAL")
+    yield idx
+    idx.close()
+
+
+def test_index_add_and_list_in_instance_number_order(index):
+    index.add_instances([record("1.1", number="2"), record("1.2", number="10"), record("1.3", number="1")],
+                        DuplicatePolicy.IGNORE)
+    assert [i.sop_uid for i in index.list_instances("1.2.3")] == ["1.3", "1.1", "1.2"]
+    assert index.list_metadata("1.2.3", "1.2.3.1", "1.2") == ['{"sop":"1.2"}']
+    assert index.list_instances("9.9") == []
+
+
+def test_index_counts_and_modalities_follow_adds_and_deletes(index):
+    index.add_instances([record("1.1"), record("1.2", series="1.2.3.2", modality="MR")], DuplicatePolicy.IGNORE)
+    row = index.read("SELECT num_series, num_instances, modalities, patient_name_fold FROM study")[0]
+    assert tuple(row) == (2, 2, "CT\\MR", "muller^hans")
+    keys = index.delete("1.2.3", "1.2.3.2")
+    assert len(keys) == 1
+    row = index.read("SELECT num_series, num_instances, modalities FROM study")[0]
+    assert tuple(row) == (1, 1, "CT")
+    index.delete("1.2.3")
+    assert index.counts() == {"studies": 0, "series": 0, "instances": 0, "bytes": 0}
+
+
+@pytest.mark.parametrize("policy,outcome,kept", [
+    (DuplicatePolicy.IGNORE, Outcome.IGNORED, "a"), (DuplicatePolicy.REPLACE, Outcome.REPLACED, "b"),
+    (DuplicatePolicy.REJECT, Outcome.REJECTED_DUPLICATE, "a")])
+def test_index_duplicate_policies(index, policy, outcome, kept):
+    index.add_instances([record("1.1", key="a" * 32)], policy)
+    result = index.add_instances([record("1.1", key="b" * 32)], policy)[0]
+    assert result.outcome is outcome
+    assert index.list_instances("1.2.3")[0].blob_key == kept * 32
+    if outcome is Outcome.REPLACED:
+        assert result.obsolete_blob_key == "a" * 32
+
+
+def test_index_batch_is_all_or_nothing(index):
+    good = record("1.1", key="a" * 32)
+    clash = record("1.2", key="a" * 32)  # same blob key violates a constraint
+    with pytest.raises(StorageError):
+        index.add_instances([good, clash], DuplicatePolicy.IGNORE)
+    assert index.counts()["instances"] == 0
+
+
+def test_index_migrations_set_user_version(index):
+    assert index.schema_version() == len(MIGRATIONS)
+
+
+def test_index_concurrent_writers_do_not_fail(tmp_path):
+    idx = SqliteIndex(str(tmp_path / "c.sqlite3"), synchronous="NORMAL")
+    errors = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(20):
+                idx.add_instances([record(f"{n}.{i}", series=f"1.2.3.{n}")], DuplicatePolicy.IGNORE)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert idx.counts()["instances"] == 160
+    assert idx.read("SELECT num_instances FROM study")[0][0] == 160
+    idx.close()
+
+
+def test_blobs_put_open_delete(tmp_path):
+    blobs = FileBlobStore(str(tmp_path / "blobs"))
+    spooled = os.path.join(blobs.spool_dir, "x.part")
+    with open(spooled, "wb") as fh:
+        fh.write(b"hello")
+    key = blobs.put(spooled)
+    assert not os.path.exists(spooled)
+    with blobs.open(key) as fh:
+        assert fh.read() == b"hello"
+    assert [b.key for b in blobs.iter_blobs()] == [key]
+    blobs.delete(key)
+    blobs.delete(key)  # idempotent
+    assert list(blobs.iter_blobs()) == []
+
+
+@pytest.mark.parametrize("key", ["../../etc/passwd", "1.2.3", "", "A" * 32])
+def test_blobs_reject_keys_that_are_not_ours(tmp_path, key):
+    blobs = FileBlobStore(str(tmp_path / "blobs"))
+    with pytest.raises(StorageError):
+        blobs.local_path(key)
+
+
+def test_blobs_disk_full_is_storage_full(tmp_path, monkeypatch):
+    blobs = FileBlobStore(str(tmp_path / "blobs"))
+    spooled = os.path.join(blobs.spool_dir, "x.part")
+    open(spooled, "wb").close()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", no_space)
+    with pytest.raises(StorageFull):
+        blobs.put(spooled)
