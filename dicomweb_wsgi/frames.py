@@ -32,13 +32,12 @@ _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 _EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 _EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-_DEFLATED_IMAGE_FRAME = "1.2.840.10008.1.2.8.1"
 _NATIVE = frozenset({_IMPLICIT_VR_LE, _EXPLICIT_VR_LE, _EXPLICIT_VR_BE})
 _RLE = "1.2.840.10008.1.2.5"
 
 _PIXEL_DATA = 0x7FE00010
 _UNDEFINED = 0xFFFFFFFF
-# Explicit VR elements with these VRs have a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+# Explicit VR elements with these VRs have 2 reserved bytes and a 4-byte length (PS3.5 7.1.2).
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
              b"UV"}
 _ITEM = b"\xfe\xff\x00\xe0"
@@ -148,7 +147,7 @@ def scan_layout(path: str, ds: Dataset | None = None) -> FrameLayout | None:
     if ds is not None:
         if "PixelData" not in ds:
             return None
-        if _transfer_syntax(ds) in (_DEFLATED, _DEFLATED_IMAGE_FRAME):
+        if _transfer_syntax(ds) == _DEFLATED:
             return None
     with open(path, "rb") as fp:
         # stop_before_pixels leaves the file positioned on the (7FE0,0010) tag at the top level.
@@ -157,7 +156,7 @@ def scan_layout(path: str, ds: Dataset | None = None) -> FrameLayout | None:
         except Exception:
             return None  # unreadable here; the caller's own parse reports the real error
         ts = _transfer_syntax(hdr)
-        if ts is None or ts in (_DEFLATED, _DEFLATED_IMAGE_FRAME):
+        if ts is None or ts == _DEFLATED:
             return None
         implicit = ts == _IMPLICIT_VR_LE
         little = ts != _EXPLICIT_VR_BE

@@ -323,8 +323,12 @@ def _grayscale(arr: np.ndarray, ds: Dataset, index: int, params: RenderParams,
     if arr.dtype.kind in "ui" and arr.size:
         low, high = int(arr.min()), int(arr.max())
         if high - low < min(arr.size, 1 << 20):
-            wide = np.int64 if arr.dtype.itemsize >= 4 else np.int32
-            offsets = np.subtract(arr, low, dtype=wide) if low else arr
+            if arr.dtype.itemsize <= 2:
+                # Modular subtraction on the unsigned view: exact because high - low fits.
+                unsigned = arr.view(np.uint8 if arr.dtype.itemsize == 1 else np.uint16)
+                offsets = unsigned - unsigned.dtype.type(low % (1 << (8 * arr.dtype.itemsize)))
+            else:
+                offsets = arr.astype(np.int64) - low
             domain = np.arange(low, high + 1, dtype=np.int64)
             present = None
             if "ModalityLUTSequence" in ds:

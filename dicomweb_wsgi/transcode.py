@@ -17,7 +17,10 @@ Decisions callers rely on:
 * SOP Instance UIDs are never changed.
 * A data set without Pixel Data can be labelled with any syntax we could produce: its encoding is
   Explicit VR Little Endian either way.
-* Every codec failure is raised as :class:`NotAcceptable` (406).
+* ``can_transcode`` answers per syntax pair; constraints of the image itself (JPEG Baseline
+  needs unsigned 8-bit MONOCHROME/RGB, RLE at most 16 bits, OpenJPEG refuses tiny images and
+  more than 24 bits, nothing encodes Bits Allocated 1) surface as :class:`NotAcceptable` during
+  the conversion, as does every codec failure.
 """
 from __future__ import annotations
 
@@ -30,8 +33,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, encapsulate_extended, get_frame
-from pydicom.pixels import as_pixel_options, get_decoder, get_encoder, pack_bits
 from pydicom.multival import MultiValue
+from pydicom.pixels import as_pixel_options, get_decoder, get_encoder, pack_bits
 from pydicom.uid import UID
 
 from dicomweb_wsgi.errors import DicomWebError, NotAcceptable, NotFound
@@ -413,8 +416,9 @@ def transcode_file(src_path: str, target_ts: str, out: BinaryIO) -> None:
     """Write the instance at ``src_path`` to ``out`` as a PS3.10 file in ``target_ts``.
 
     ``target_ts`` may be ``*`` (as stored, but never implicit / big endian). A file already in
-    the target syntax is copied byte for byte. Raises :class:`NotAcceptable` when this machine
-    cannot produce the target.
+    the target syntax is copied byte for byte; otherwise the result is built in memory and
+    written only when complete. Raises :class:`NotAcceptable` when this machine cannot produce
+    the target (``out`` is then untouched).
     """
     try:
         header = pydicom.dcmread(src_path, force=True, stop_before_pixels=True)
@@ -435,27 +439,35 @@ def transcode_file(src_path: str, target_ts: str, out: BinaryIO) -> None:
     except Exception as exc:
         raise NotAcceptable(f"stored instance cannot be parsed: {exc}") from exc
 
-    if source == EXPLICIT_VR_BE:
-        _swap_values(ds)
-    if not hasattr(ds, "file_meta"):
-        ds.file_meta = pydicom.dataset.FileMetaDataset()
-    if "PixelData" in ds and target != source:
-        if _is_compressed(source):
-            _decode_dataset(ds, source)
-        if _is_compressed(target):
-            # The in-memory Pixel Data is now native little endian whatever the source was.
-            ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LE)
-            _encode_dataset(ds, target)
+    try:
+        if source == EXPLICIT_VR_BE:
+            _swap_values(ds)
+        if not hasattr(ds, "file_meta"):
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+        if "PixelData" in ds and target != source:
+            if _is_compressed(source):
+                _decode_dataset(ds, source)
+            if _is_compressed(target):
+                # The in-memory Pixel Data is now native little endian whatever the source was.
+                ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LE)
+                _encode_dataset(ds, target)
+    except DicomWebError:
+        raise
+    except Exception as exc:
+        raise NotAcceptable(f"cannot convert {UID(source).name} to {UID(target).name}: "
+                            f"{exc}") from exc
     ds.file_meta.TransferSyntaxUID = UID(target)
     if "MediaStorageSOPClassUID" not in ds.file_meta and "SOPClassUID" in ds:
         ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     if "MediaStorageSOPInstanceUID" not in ds.file_meta and "SOPInstanceUID" in ds:
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()  # so that a failure leaves ``out`` untouched
     try:
-        pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True,
+        pydicom.dcmwrite(buffer, ds, implicit_vr=False, little_endian=True,
                          enforce_file_format=True)
     except Exception as exc:
         raise NotAcceptable(f"cannot encode the data set as {UID(target).name}: {exc}") from exc
+    out.write(buffer.getbuffer())
 
 
 # --------------------------------------------------------------------------------------------

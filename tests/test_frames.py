@@ -154,7 +154,8 @@ def test_read_frame_native_sample_equals_decoded_pixel_array(name):
     if layout.number_of_frames == 1:
         arr = arr[None]
     for n in range(1, layout.number_of_frames + 1):
-        assert read_frame(path, layout, n) == arr[n - 1].astype(arr.dtype.newbyteorder("<")).tobytes()
+        expected = arr[n - 1].astype(arr.dtype.newbyteorder("<")).tobytes()
+        assert read_frame(path, layout, n) == expected
 
 
 @pytest.mark.parametrize("name", ENCAPSULATED_SAMPLES)

@@ -437,3 +437,14 @@ def test_parse_wado_uri_rendering_malformed_raises_bad_request(query, name):
     with pytest.raises(BadRequest) as info:
         parse_wado_uri_rendering(query)
     assert name in info.value.reason
+
+
+def test_render_non_monotonic_modality_lut_min_max_uses_occurring_values():
+    arr = np.where(np.indices((8, 8)).sum(axis=0) % 2 == 0, 0, 2).astype(np.uint16)
+    ds = _make(arr)
+    item = Dataset()
+    item.LUTDescriptor = [3, 0, 16]
+    item.ModalityLUTType = "US"
+    item.LUTData = [100, 60000, 300]  # value 1 never occurs, so 60000 must not set the range
+    ds.ModalityLUTSequence = [item]
+    _assert_close(_png(ds), np.where(arr == 0, 0, 255).astype(float), 0)

@@ -367,16 +367,19 @@ def test_transcode_native_8bit_to_jpeg_baseline_is_close_and_marked_lossy(name):
         assert out.PhotometricInterpretation == "YBR_FULL_422"
 
 
-def test_transcode_16bit_to_jpeg_baseline_raises_not_acceptable():
+def test_transcode_16bit_to_jpeg_baseline_raises_not_acceptable_and_writes_nothing():
+    out = io.BytesIO()
     with pytest.raises(NotAcceptable):
-        transcode_file(_td("MR_small.dcm"), tc.JPEG_BASELINE, io.BytesIO())
+        transcode_file(_td("MR_small.dcm"), tc.JPEG_BASELINE, out)
+    assert out.getvalue() == b""
 
 
 def test_transcode_lossy_source_to_lossless_target_keeps_lossy_flag():
     _, out = _transcode(_td("examples_ybr_color.dcm"), tc.RLE)
     assert out.LossyImageCompression == "01"
     assert out.PhotometricInterpretation == "RGB"
-    assert np.array_equal(out.pixel_array, pydicom.dcmread(_td("examples_ybr_color.dcm")).pixel_array)
+    expected = pydicom.dcmread(_td("examples_ybr_color.dcm")).pixel_array
+    assert np.array_equal(out.pixel_array, expected)
 
 
 # --------------------------------------------------------------------------------------------
