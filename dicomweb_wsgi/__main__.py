@@ -1,21 +1,31 @@
-"""Command line: ``dicomweb-wsgi serve | gc``.
+"""Command line: ``dicomweb-wsgi serve | import | check | reindex | gc | stats | add-user | add-token``.
 
 ``serve`` with no arguments serves the embedded default (SQLite + files in ./dicomweb-data) on
 127.0.0.1:8042 under waitress. ``--config`` reads an ini file (``conf/dicomweb.ini``): the
-``[app:main]`` section's ``dicomweb.*`` keys and the ``[server:main]`` waitress keys.
+``[app:main]`` section's ``dicomweb.*`` keys and the ``[server:main]`` waitress keys. ``serve``
+refuses a non-loopback address while no authentication is configured, unless
+``allow_unauthenticated_remote`` says so. The maintenance commands exit non-zero when something
+needs attention (failed imports, an unhealthy archive), so cron and monitoring can act on them.
 """
 from __future__ import annotations
 
 import argparse
 import configparser
+import getpass
+import json
 import logging
 import logging.config
 import os
 import sys
 import threading
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from .config import ConfigError, load_settings
+from .auth import is_loopback, keep_peer_address
+from .config import ConfigError, Settings, load_settings
+from .storage.base import StorageError
+
+if TYPE_CHECKING:
+    from .archive import Archive
 
 DEFAULT_LISTEN = "127.0.0.1:8042"
 
@@ -42,6 +52,9 @@ def read_ini(path: str) -> tuple[dict[str, str], dict[str, str]]:
     if not parser.read(path):
         raise ConfigError(f"cannot read configuration file {path}")
     app = dict(parser["app:main"]) if parser.has_section("app:main") else {}
+    stray = sorted(k for k in app if not k.startswith("dicomweb.") and k not in ("use", "filter-with"))
+    if stray:  # a key that lost its prefix (dicomweb_read_only) would otherwise be silently ignored
+        raise ConfigError(f"{path} [app:main]: unknown key {', '.join(stray)}; settings are written dicomweb.<key>")
     app = {k: v for k, v in app.items() if k.startswith("dicomweb.")}
     server = dict(parser["server:main"]) if parser.has_section("server:main") else {}
     server.pop("use", None)
@@ -57,24 +70,81 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import waitress
+PROXY_KEYS = ("trusted_proxy", "trusted_proxy_count", "trusted_proxy_headers", "clear_untrusted_proxy_headers",
+              "log_untrusted_proxy_headers")
 
-    from .app import make_app
 
+def load_config(args: argparse.Namespace) -> tuple[Settings, dict[str, Any]]:
+    """Settings and waitress options from ``--config`` and ``--data`` (which beats DICOMWEB_DATA_DIR)."""
     app_conf: dict[str, str] = {}
     server_conf: dict[str, Any] = {}
     if args.config:
         app_conf, server_conf = read_ini(args.config)
     if args.data:
         app_conf["dicomweb.data_dir"] = args.data
-    settings = load_settings(app_conf)
-    listen = args.listen or os.environ.get("DICOMWEB_LISTEN") or server_conf.pop("listen", None)
-    if not listen and ("host" in server_conf or "port" in server_conf):
-        listen = f"{server_conf.pop('host', '127.0.0.1')}:{server_conf.pop('port', '8042')}"
-    server_conf.pop("host", None)
-    server_conf.pop("port", None)
-    host, port = split_listen(listen or DEFAULT_LISTEN)
+    return load_settings(app_conf, environ={} if args.data else None), server_conf
+
+
+def resolve_listen(cli: str | None, server_conf: dict[str, Any], environ: Mapping[str, str]) -> tuple[str, int]:
+    """(host, port): ``--listen``, else DICOMWEB_LISTEN, else the ini's listen or host/port, else the default.
+
+    The listen keys are taken out of ``server_conf`` (waitress gets host and port separately).
+    """
+    listen = server_conf.pop("listen", None)
+    host, port = server_conf.pop("host", None), server_conf.pop("port", None)
+    if not listen and (host or port):
+        listen = f"{host or '127.0.0.1'}:{port or '8042'}"
+    return split_listen(cli or environ.get("DICOMWEB_LISTEN") or listen or DEFAULT_LISTEN)
+
+
+def check_listen(host: str, settings: Settings) -> None:
+    """Secure by default: a network address with nobody asked for credentials is refused.
+
+    The UPS event channel (``events_listen``) asks nobody for credentials, so it must stay on
+    loopback (behind the proxy) unless the site says otherwise.
+    """
+    if settings.allow_unauthenticated_remote:
+        return
+    events_host = split_listen(settings.events_listen)[0] if getattr(settings, "events_listen", "") else ""
+    if events_host and not is_loopback(events_host):
+        raise ConfigError(f"refusing to run the UPS event channel on {events_host}: it has no authentication. "
+                          "Use a loopback address behind a proxy, or set dicomweb.allow_unauthenticated_remote = true")
+    if is_loopback(host):
+        return
+    if settings.auth_users_file or settings.auth_tokens_file or settings.auth_user_header:
+        return
+    raise ConfigError(f"refusing to listen on {host} without authentication: anyone on the network could read "
+                      "patient data. Configure dicomweb.auth_users_file, auth_tokens_file or auth_user_header, "
+                      "listen on 127.0.0.1 behind a proxy, or set dicomweb.allow_unauthenticated_remote = true")
+
+
+def wrap_proxy_handling(app: Any, options: dict[str, Any]) -> Any:
+    """Apply waitress's proxy-header handling ourselves, inside a layer that keeps the TCP peer address.
+
+    The peer is what ``auth_trusted_proxies`` is checked against; waitress would overwrite it.
+    """
+    from waitress.adjustments import Adjustments
+    from waitress.proxy_headers import proxy_headers_middleware
+
+    adj = Adjustments(**{k: options.pop(k) for k in PROXY_KEYS if k in options})
+    if adj.trusted_proxy or adj.clear_untrusted_proxy_headers:
+        app = proxy_headers_middleware(app, trusted_proxy=adj.trusted_proxy,
+                                       trusted_proxy_count=adj.trusted_proxy_count,
+                                       trusted_proxy_headers=adj.trusted_proxy_headers,
+                                       clear_untrusted=adj.clear_untrusted_proxy_headers,
+                                       log_untrusted=adj.log_untrusted_proxy_headers)
+    options["clear_untrusted_proxy_headers"] = False
+    return keep_peer_address(app)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import waitress
+
+    from .app import make_app
+
+    settings, server_conf = load_config(args)
+    host, port = resolve_listen(args.listen, server_conf, os.environ)
+    check_listen(host, settings)
     options: dict[str, Any] = dict(WAITRESS_DEFAULTS)
     for key, value in server_conf.items():
         options[key] = int(value) if key in WAITRESS_INT_KEYS else value
@@ -85,7 +155,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timer = threading.Timer(args.max_seconds, os._exit, args=(0,))
         timer.daemon = True
         timer.start()
-    server = waitress.create_server(app, host=host, port=port, **options)
+    try:
+        server = waitress.create_server(wrap_proxy_handling(app, options), host=host, port=port, **options)
+    except ValueError as exc:  # waitress's word for an unknown or invalid [server:main] key
+        app.close()
+        raise ConfigError(f"[server:main]: {exc}") from exc
+    from .events import start_event_channel  # UPS-RS event channel beside the app, when events_listen is set
+
+    try:
+        channel = start_event_channel(settings, app.ctx.workitems)
+    except ConfigError:
+        app.close()
+        raise
     print(f"dicomweb_wsgi serving {os.path.abspath(settings.data_dir)} on "
           f"http://{server.effective_host}:{server.effective_port}", flush=True)
     try:
@@ -93,23 +174,140 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        if channel is not None:
+            channel.stop()
         app.close()
     return 0
 
 
-def cmd_gc(args: argparse.Namespace) -> int:
+def open_archive(args: argparse.Namespace) -> Archive:
     from .archive import Archive
 
-    app_conf = read_ini(args.config)[0] if args.config else {}
-    if args.data:
-        app_conf["dicomweb.data_dir"] = args.data
-    archive = Archive.open(load_settings(app_conf))
+    return Archive.open(load_config(args)[0])
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from .events import run_event_channel
+
+    return run_event_channel(load_config(args)[0], args.listen, args.max_seconds)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    archive = open_archive(args)
     try:
         removed = archive.gc(grace_seconds=args.grace)
+        if os.path.isdir(os.path.join(archive.settings.data_dir, "npi-blobs")):
+            removed += archive.npi_gc(grace_seconds=args.grace)
     finally:
         archive.close()
+        archive.close_npi()
     print(f"removed {removed} orphan files")
     return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .maintenance import import_paths
+
+    summary = import_paths(load_config(args)[0], args.paths, actor=f"cli:{_os_user()}", jobs=args.jobs)
+    print(f"{summary.line()} ({summary.bytes / 1e6:.1f} MB)")
+    return 1 if summary.failed else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .maintenance import Progress
+
+    archive = open_archive(args)
+    try:
+        progress = Progress("check", 0, archive.stats()["bytes"])
+        report = archive.check(verify_digests=not args.quick, progress=progress.set_bytes)
+        progress.finish()
+    finally:
+        archive.close()
+    state = "current" if report.schema_version == report.schema_expected else f"expected {report.schema_expected}"
+    print(f"index schema version {report.schema_version} ({state})")
+    for title, items in (("index integrity", report.integrity), ("missing blob", report.missing),
+                         ("mismatch", report.mismatched), ("orphan blob", report.orphans)):
+        for item in items:
+            print(f"{title}: {item}")
+    print(f"{report.instances} instances checked: {len(report.missing)} missing, {len(report.mismatched)} "
+          f"mismatched, {len(report.orphans)} orphan blobs (dicomweb-wsgi gc removes those older than its "
+          f"grace period) -> {'healthy' if report.healthy else 'NOT HEALTHY'}")
+    return 0 if report.healthy else 1
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from .maintenance import Progress
+
+    archive = open_archive(args)
+    try:
+        progress = Progress("reindex", 0, sum(b.size for b in archive.blobs.iter_blobs()))
+        report = archive.reindex(progress=progress.set_bytes)
+        progress.finish()
+    finally:
+        archive.close()
+    for item in report.unreadable:
+        print(f"not indexed: {item}")
+    for item in report.duplicates:
+        print(f"duplicate (left for gc): {item}")
+    print(f"reindexed {report.indexed} instances; {len(report.unreadable)} blobs could not be indexed, "
+          f"{len(report.duplicates)} duplicate copies")
+    return 1 if report.unreadable else 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    archive = open_archive(args)
+    try:
+        stats = archive.stats()
+    finally:
+        archive.close()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{'level':<10}{'count':>12}")
+    for level in ("studies", "series", "instances"):
+        print(f"{level:<10}{stats[level]:>12}")
+    print(f"{'bytes':<10}{stats['bytes']:>12}  ({stats['bytes'] / 1e6:.1f} MB)\n")
+    print(f"{'modality':<10}{'studies':>10}{'series':>10}{'instances':>12}{'bytes':>16}")
+    for modality, row in stats["modalities"].items():
+        print(f"{modality:<10}{row['studies']:>10}{row['series']:>10}{row['instances']:>12}{row['bytes']:>16}")
+    return 0
+
+
+def cmd_add_user(args: argparse.Namespace) -> int:
+    from .auth import hash_password, update_credentials
+
+    if args.password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            raise ConfigError("the passwords differ")
+    if not password:
+        raise ConfigError("empty password")
+    update_credentials(args.file, args.name, _roles(args.roles), hash_password(password))
+    print(f"{args.name} ({args.roles}) written to {args.file}")
+    return 0
+
+
+def cmd_add_token(args: argparse.Namespace) -> int:
+    from .auth import hash_token, new_token, update_credentials
+
+    token = new_token()
+    update_credentials(args.file, args.name, _roles(args.roles), hash_token(token))
+    # Only the digest is kept: this is the one time the token can be seen.
+    print(token)
+    return 0
+
+
+def _roles(text: str) -> list[str]:
+    return [r.strip() for r in text.split(",") if r.strip()]
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,21 +324,60 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-seconds", type=float, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
+    events = sub.add_parser("events", help="run the UPS-RS event channel (WebSocket) on its own")
+    common(events)
+    events.add_argument("--listen", help="HOST:PORT (default: dicomweb.events_listen, else 127.0.0.1:8043)")
+    events.add_argument("--max-seconds", type=float, default=0, help=argparse.SUPPRESS)
+    events.set_defaults(func=cmd_events)
+
     gc = sub.add_parser("gc", help="remove orphan blobs and temporary files")
     common(gc)
     gc.add_argument("--grace", type=float, default=3600.0, help="only files older than this many seconds")
     gc.set_defaults(func=cmd_gc)
+
+    def command(name: str, func: Any, help: str, *, archive: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        if archive:
+            common(p)
+        p.set_defaults(func=func)
+        return p
+
+    imp = command("import", cmd_import, "store DICOM files and folders (recursively); non-DICOM files are skipped")
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("--jobs", type=int, default=0, help="worker processes (default: up to 4 when there are enough files)")
+    command("check", cmd_check, "compare the index with the blobs; exit 1 if anything is wrong").add_argument(
+        "--quick", action="store_true", help="compare sizes only, not SHA-256 digests")
+    command("reindex", cmd_reindex, "rebuild the index from the blobs (stop the server first)")
+    command("stats", cmd_stats, "counts and bytes per level and modality").add_argument(
+        "--json", action="store_true", help="print JSON")
+    for name, func, what, file_help in (
+            ("add-user", cmd_add_user, "add or update an HTTP Basic user (password from a prompt or stdin)",
+             "the auth_users_file"),
+            ("add-token", cmd_add_token, "create a bearer token (printed once; only its digest is kept)",
+             "the auth_tokens_file")):
+        p = command(name, func, what, archive=False)
+        p.add_argument("file", help=file_help)
+        p.add_argument("name")
+        p.add_argument("--roles", default="read", help="comma list of read, write, delete (default read)")
+    sub.choices["add-user"].add_argument("--password-stdin", action="store_true",
+                                         help="read the password from stdin")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        # The maintenance commands print their own report; their log lines (audit included) go to
+        # stderr only as warnings unless the ini's logging section says otherwise.
+        level = logging.INFO if args.command == "serve" else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"dicomweb-wsgi: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"dicomweb-wsgi: storage error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -2,20 +2,27 @@
 
 This is the one place where errors become responses: a ``DicomWebError`` becomes its status with a
 plain-text reason; anything unexpected is logged and answered with a 500 that reveals nothing.
-It also adds the CORS headers and answers CORS preflights, and writes one access-log line per request.
+It also adds the CORS headers and answers CORS preflights, and writes one access-log line per request
+(client, user, method, path, status, bytes, duration). Before any handler runs, ``admit`` applies
+access control (``auth.py``: 401/403), the read-only setting (405) and the free-space guard (503).
 """
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from .archive import Archive
+from .audit import acting_as
+from .auth import Authenticator
 from .config import Settings, load_settings
-from .errors import DicomWebError, MethodNotAllowed
+from .errors import DicomWebError, MethodNotAllowed, ServiceUnavailable
 from .http import Request, Response, iter_file, status_line
 from .router import Router
+from .storage.base import StorageError, WorkitemStore
+from .storage.sqlite_workitems import open_workitem_store
 
 log = logging.getLogger("dicomweb_wsgi")
 access_log = logging.getLogger("dicomweb_wsgi.access")
@@ -32,6 +39,7 @@ class AppContext:
     settings: Settings
     archive: Archive
     router: Router
+    workitems: WorkitemStore | None = None  # UPS-RS workitems, subscriptions, event outbox
 
 
 StartResponse = Callable[..., Any]
@@ -42,6 +50,7 @@ class DicomWebApp:
 
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
+        self.auth = Authenticator(ctx.settings)
 
     @property
     def settings(self) -> Settings:
@@ -53,14 +62,21 @@ class DicomWebApp:
 
     def close(self) -> None:
         self.ctx.archive.close()
+        if self.ctx.workitems is not None:
+            self.ctx.workitems.close()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         req = Request(environ, self.ctx)
         try:
-            resp = self.handle(req)
+            with acting_as(_Actor(req)):
+                resp = self.handle(req)
         except DicomWebError as exc:
             resp = error_response(exc)
+        except StorageError as exc:
+            # The index or the disk is unavailable (locked, read-only, full): the request may succeed later.
+            log.error("storage unavailable in %s %s: %s", req.method, req.path, exc)
+            resp = error_response(ServiceUnavailable("storage temporarily unavailable; try again later"))
         except Exception:
             log.exception("unexpected error in %s %s", req.method, req.path)
             resp = Response(500, b"internal server error\n", "text/plain; charset=utf-8")
@@ -70,17 +86,50 @@ class DicomWebApp:
     def handle(self, req: Request) -> Response:
         if req.method == "OPTIONS" and self.is_preflight(req):
             return self.preflight(req)
-        if self.settings.read_only and req.method in WRITE_METHODS:
-            raise MethodNotAllowed(["GET", "HEAD", "OPTIONS"], "the server is read-only")
+        self.admit(req)
         if req.method == "OPTIONS":
+            # PS3.18 §8.9: a plain OPTIONS (the preflight was answered above) is Retrieve Capabilities,
+            # on every resource; the route table names its handler under OPTIONS "/".
             found = self.ctx.router.match(req.path)
             if found is not None and "OPTIONS" not in found[0].methods:
+                root = self.ctx.router.match("/")
+                capabilities = root[0].methods.get("OPTIONS") if root else None
+                if capabilities is not None:
+                    return capabilities(req)
                 resp = Response(204)
                 resp.add_header("Allow", ", ".join(self.ctx.router.allowed(found[0])))
                 return resp
         handler, kwargs = self.ctx.router.resolve(req)
         req.route_kwargs = kwargs
         return handler(req, **kwargs)
+
+    # -- admission: who, read-only, free space -----------------------------------------------------
+    def admit(self, req: Request) -> None:
+        """Refuse a request before any work: 401/403 by role, 405 when read-only, 503 when the disk is low.
+
+        CORS preflights never get here: browsers send them without credentials.
+        """
+        principal = self.auth.check(req.method, req.path, req.environ)
+        if principal.how != "open":
+            req.user = principal.name
+        if self.settings.read_only and req.method in WRITE_METHODS:
+            raise MethodNotAllowed(["GET", "HEAD", "OPTIONS"], "the server is read-only")
+        if req.method in ("POST", "PUT") and self.settings.min_free_space:
+            self.guard_disk(req)
+
+    def guard_disk(self, req: Request) -> None:
+        """503 before a byte is written when the store would leave less than ``min_free_space``."""
+        try:
+            free = shutil.disk_usage(self.settings.data_dir).free
+        except OSError as exc:
+            raise ServiceUnavailable(f"cannot check the free space of the data folder: {exc.strerror}") from exc
+        needed = self.settings.min_free_space + (req.content_length or 0)
+        if free < needed:
+            log.error("refusing %s %s: %d bytes free, %d needed", req.method, req.path, free, needed)
+            # PS3.18 §10.5.3 / PS3.4 C.4.2.1.4: out of resources (0xA700) is a 503 for the whole request.
+            raise ServiceUnavailable(
+                f"out of resources (0xA700): {free} bytes free in the data folder; storing this request needs "
+                f"{needed} (min_free_space {self.settings.min_free_space} plus the body)")
 
     # -- CORS ------------------------------------------------------------------------------------
     @staticmethod
@@ -174,8 +223,19 @@ class _Logged:
         close = getattr(self.body, "close", None)
         if close is not None:
             close()
-        access_log.info("%s %s %s %d %d %.1fms", self.req.environ.get("REMOTE_ADDR", "-"), self.req.method,
-                        self.req.path, self.status, self.sent, (time.perf_counter() - self.started) * 1000)
+        access_log.info("%s %s %s %s %d %d %.1fms", self.req.environ.get("REMOTE_ADDR", "-"), self.req.user or "-",
+                        self.req.method, self.req.path, self.status, self.sent,
+                        (time.perf_counter() - self.started) * 1000)
+
+
+class _Actor:
+    """Who a request acts as in audit lines: ``user@client-address`` (the user known after admission)."""
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+
+    def __str__(self) -> str:
+        return f"{self.req.user or '-'}@{self.req.environ.get('REMOTE_ADDR', '-')}"
 
 
 def error_response(exc: DicomWebError) -> Response:
@@ -198,7 +258,7 @@ def make_app(settings: Settings | Mapping[str, Any] | None = None, **overrides: 
         settings = load_settings({**settings.__dict__, **overrides})
     archive = Archive.open(settings)
     router = Router(build_routes(settings))
-    return DicomWebApp(AppContext(settings, archive, router))
+    return DicomWebApp(AppContext(settings, archive, router, open_workitem_store(settings)))
 
 
 def paste_app_factory(global_config: Mapping[str, Any], **local_conf: Any) -> DicomWebApp:

@@ -54,6 +54,24 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return convert
 
 
+ROLES = ("read", "write", "delete")
+
+
+def _roles(value: Any) -> tuple[str, ...]:
+    roles = tuple(w.lower() for w in _words(value))
+    unknown = sorted(set(roles) - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role {', '.join(unknown)}; roles are {', '.join(ROLES)}")
+    return roles
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    """IP addresses or networks (CIDR), normalised; a host name is refused (it would need DNS per request)."""
+    import ipaddress
+
+    return tuple(str(ipaddress.ip_network(w, strict=False)) for w in _words(value))
+
+
 def _int(value: Any) -> int:
     number = int(value)
     if number < 0:
@@ -92,7 +110,35 @@ SCHEMA: tuple[Option, ...] = (
     Option("qido_max_limit", _int, 10000, "Largest QIDO limit a request may ask for (larger is capped)."),
     Option("read_only", _bool, False, "Refuse every write (405)."),
     Option("allow_delete", _bool, False, "Enable the non-standard DELETE of studies, series and instances."),
+    Option("min_free_space", _size, "1G",
+           "Stores (POST, PUT) are refused with 503 (0xA700) while the data folder's free space, less the "
+           "request's Content-Length, is below this; reads and DELETE keep working. 0 disables the guard."),
+    Option("auth_users_file", str, "",
+           "HTTP Basic users, one 'name:roles:hash' a line (dicomweb-wsgi add-user writes it); empty: no Basic."),
+    Option("auth_tokens_file", str, "",
+           "Bearer tokens, one 'name:roles:sha256$hex' a line (dicomweb-wsgi add-token writes it); empty: none."),
+    Option("auth_user_header", str, "",
+           "Header naming a user authenticated by a reverse proxy (e.g. X-Remote-User); honoured only from "
+           "auth_trusted_proxies; empty: not used."),
+    Option("auth_trusted_proxies", _networks, (),
+           "Addresses or networks (space or comma list) whose auth_user_header is trusted."),
+    Option("auth_proxy_roles", _roles, ("read",),
+           "Roles of a proxy-authenticated user not listed in auth_users_file (read, write, delete)."),
+    Option("anonymous_roles", _roles, (),
+           "Roles of a request without credentials when authentication is configured (e.g. read)."),
+    Option("auth_realm", str, "dicomweb", "The realm named in WWW-Authenticate challenges."),
+    Option("allow_unauthenticated_remote", _bool, False,
+           "Let 'serve' listen on a non-loopback address with no authentication configured (refused otherwise)."),
     Option("wado_uri_path", str, "/wado", "Path of the WADO-URI service."),
+    Option("events_listen", str, "",
+           "HOST:PORT where `serve` also runs the UPS-RS event channel (WebSocket); empty: not started "
+           "(run `dicomweb-wsgi events` instead)."),
+    Option("events_retention_hours", _int, 168,
+           "Undelivered UPS event reports are dropped after this many hours (0: kept until delivered)."),
+    Option("events_max_pending", _int, 10000,
+           "Most undelivered UPS event reports kept per subscriber; the oldest go first (0: no limit)."),
+    Option("ups_retention_hours", _int, 168,
+           "COMPLETED and CANCELED workitems without a deletion lock are deleted after this many hours (0: kept)."),
 )
 _BY_KEY = {opt.key: opt for opt in SCHEMA}
 PREFIX = "dicomweb."
@@ -114,7 +160,20 @@ class Settings:
     qido_max_limit: int = 10000
     read_only: bool = False
     allow_delete: bool = False
+    min_free_space: int = 1 << 30
+    auth_users_file: str = ""
+    auth_tokens_file: str = ""
+    auth_user_header: str = ""
+    auth_trusted_proxies: tuple[str, ...] = ()
+    auth_proxy_roles: tuple[str, ...] = ("read",)
+    anonymous_roles: tuple[str, ...] = ()
+    auth_realm: str = "dicomweb"
+    allow_unauthenticated_remote: bool = False
     wado_uri_path: str = "/wado"
+    events_listen: str = ""
+    events_retention_hours: int = 168
+    events_max_pending: int = 10000
+    ups_retention_hours: int = 168
 
     @property
     def policy(self) -> DuplicatePolicy:

@@ -1009,6 +1009,8 @@ def xml_to_json(data: bytes) -> dict[str, Any]:
                          ) from None
     except ParseError as exc:
         raise BadRequest(f"malformed XML: {exc}") from None
+    except (LookupError, ValueError) as exc:  # <?xml encoding="..."?>: unknown, or multi-byte (expat)
+        raise BadRequest(f"unsupported XML encoding: {exc}") from None
     if _local(root.tag) != "NativeDicomModel":
         raise BadRequest(f"XML root element is {_local(root.tag)!r}, not NativeDicomModel")
     return _xml_to_obj(root, "", 0)

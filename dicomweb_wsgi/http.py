@@ -97,9 +97,14 @@ class Request:
         env = self.environ
         scheme = env.get("wsgi.url_scheme", "http")
         host = env.get("HTTP_HOST")
+        port = env.get("SERVER_PORT", "")
+        if host and port and ":" not in host.rpartition("]")[2] \
+                and (scheme, port) not in (("http", "80"), ("https", "443")):
+            # dicomweb-client sends its Host header without the port; a URL built from it would
+            # point at the default port. The connection's own port is the better guess.
+            host = f"{host}:{port}"
         if not host:
             host = env.get("SERVER_NAME", "localhost")
-            port = env.get("SERVER_PORT", "")
             if port and (scheme, port) not in (("http", "80"), ("https", "443")):
                 host = f"{host}:{port}"
         return f"{scheme}://{host}{quote(env.get('SCRIPT_NAME', ''))}".rstrip("/")

@@ -10,7 +10,10 @@ import hashlib
 import json
 import os
 import shutil
+import struct
+import zlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -113,16 +116,83 @@ def add_missing_preamble(path: str) -> None:
         if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00"):
             return
         tmp = path + ".pre"
-        with open(tmp, "wb") as out:
-            out.write(b"\x00" * 128 + b"DICM")
-            fh.seek(0)
-            shutil.copyfileobj(fh, out, 1 << 20)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(b"\x00" * 128 + b"DICM")
+                fh.seek(0)
+                shutil.copyfileobj(fh, out, 1 << 20)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     os.replace(tmp, path)
+
+
+# pydicom inflates a deflated data set whole, in memory; about 1 MB of deflate stream can inflate to
+# 1 GB, so the inflated size is measured (streaming, in bounded memory) before pydicom sees the file.
+MAX_INFLATED_SIZE = 128 << 20
+DEFLATED = "1.2.840.10008.1.2.1.99"
+# PS3.5 7.1.2: explicit VR elements whose length is 4 bytes after 2 reserved bytes.
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _deflated_data_start(fh: BinaryIO) -> int | None:
+    """Where the deflate stream starts if the file's File Meta names the Deflated syntax, else None.
+
+    Walks the File Meta group (always Explicit VR Little Endian, PS3.10 7.1) after the preamble.
+    """
+    fh.seek(0)
+    if fh.read(132)[128:132] != b"DICM":
+        return None
+    syntax = None
+    while True:
+        header = fh.read(8)
+        if len(header) < 8 or fh.tell() > 132 + 65536:  # no data set, or no sane File Meta
+            return None
+        group, element = struct.unpack("<HH", header[:4])
+        if group != 2:
+            break
+        vr = header[4:6]
+        length = struct.unpack("<H", header[6:8])[0]
+        if vr in _LONG_VRS:
+            extra = fh.read(4)
+            if len(extra) < 4:
+                return None
+            length = struct.unpack("<I", extra)[0]
+        value = fh.read(min(length, 65536))
+        if element == 0x0010:
+            syntax = value.rstrip(b"\x00 ").decode("ascii", "replace")
+    return fh.tell() - 8 if syntax == DEFLATED else None
+
+
+def check_inflated_size(path: str, limit: int = MAX_INFLATED_SIZE) -> None:
+    """Refuse a deflated file whose data set inflates beyond ``limit`` bytes (a decompression bomb)."""
+    with open(path, "rb") as fh:
+        start = _deflated_data_start(fh)
+        if start is None:
+            return
+        fh.seek(start)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        try:
+            while not inflater.eof:
+                data = fh.read(1 << 16)
+                if not data:
+                    break
+                while data:
+                    total += len(inflater.decompress(data, 1 << 20))
+                    if total > limit:
+                        raise IngestError(DicomStatus.CANNOT_UNDERSTAND,
+                                          f"the deflated data set inflates to more than {limit} bytes")
+                    data = inflater.unconsumed_tail
+        except zlib.error as exc:
+            raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"corrupt deflated data set: {exc}") from exc
 
 
 def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
     """Parse and validate one uploaded file; raises IngestError with the FailureReason to report."""
     add_missing_preamble(path)
+    check_inflated_size(path)
     try:
         ds = pydicom.dcmread(path, defer_size=max(bulk_threshold, 256))
         ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import BinaryIO
 
-from dicomweb_wsgi.errors import BadRequest, PayloadTooLarge
+from dicomweb_wsgi.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
 from dicomweb_wsgi.mediatypes import MediaType, parse_media_type
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "multipart_content_type",
     "new_boundary",
     "read_multipart",
+    "spool_error",
     "write_multipart",
 ]
 
@@ -69,7 +70,10 @@ class _Input:
                 self.eof = True
                 return False
             size = min(size, self._remaining)
-        data = self._stream.read(size)
+        try:
+            data = self._stream.read(size)
+        except OSError as exc:  # the client went away or the server's body buffer failed
+            raise BadRequest(f"cannot read the request body: {exc.strerror or exc}") from exc
         if not data:
             self.eof = True
             return False
@@ -306,7 +310,10 @@ def _spool_body(
     """Copy the part body up to CRLF--boundary into a new spool file; return (path, size)."""
     delimiter = b"\r\n--" + boundary
     keep = len(delimiter) - 1
-    fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
+    try:
+        fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
+    except OSError as exc:
+        raise spool_error(exc) from exc
     size = 0
     try:
         with open(fd, "wb") as out:
@@ -329,9 +336,17 @@ def _spool_body(
                     return path, size
                 if not src.fill():
                     raise _truncated()
+    except OSError as exc:
+        os.unlink(path)
+        raise spool_error(exc) from exc
     except BaseException:
         os.unlink(path)
         raise
+
+
+def spool_error(exc: OSError) -> ServiceUnavailable:
+    """A failed write of a spool file (disk full, I/O error) is the server's problem: 503, not 500."""
+    return ServiceUnavailable(f"out of resources: cannot spool the request body: {exc.strerror or exc}")
 
 
 def new_boundary() -> str:

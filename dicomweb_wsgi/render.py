@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -27,11 +27,13 @@ from dicomweb_wsgi.errors import BadRequest, DicomWebError, NotAcceptable, NotFo
 from dicomweb_wsgi.transcode import dataset_syntax
 
 __all__ = ["RenderParams", "RENDERED_MEDIA_TYPES", "parse_rendered_query",
-           "parse_wado_uri_rendering", "render_frame", "thumbnail"]
+           "parse_wado_uri_rendering", "render_frame", "thumbnail", "frame_pixels", "encode_image"]
 
 _FUNCTIONS = {"linear": "LINEAR", "linear-exact": "LINEAR_EXACT", "linear_exact": "LINEAR_EXACT",
               "sigmoid": "SIGMOID"}
 _DEFAULT_QUALITY = 90
+# Scaling up never produces more pixels than this (a 65535-row request would need gigabytes).
+MAX_OUTPUT_PIXELS = 64 << 20
 RENDERED_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/jp2")
 
 
@@ -429,16 +431,23 @@ def _target_size(width: int, height: int, params: RenderParams) -> tuple[int, in
     return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
 
-def _encode(img: np.ndarray, params: RenderParams) -> bytes:
+def _encode(img: np.ndarray, params: RenderParams,
+            decorate: Callable[[Any], Any] | None = None) -> bytes:
     from PIL import Image
 
     media_type = params.media_type.split(";")[0].strip().lower()
     image = Image.fromarray(img, "RGB" if img.ndim == 3 else "L")
     size = _target_size(image.width, image.height, params)
+    if size[0] * size[1] > max(MAX_OUTPUT_PIXELS, image.width * image.height):
+        # PS3.18 8.2.2 / 8.3.5.1.3: viewport dimensions that are not supported are a 400.
+        raise BadRequest(f"rows/columns/viewport: an output of {size[0]} x {size[1]} pixels is larger "
+                         f"than this server renders ({MAX_OUTPUT_PIXELS} pixels)")
     if size != image.size:
         enlarging = size[0] > image.width
         image = image.resize(size, Image.Resampling.BICUBIC if enlarging
                              else Image.Resampling.LANCZOS)
+    if decorate is not None:
+        image = decorate(image)
     buf = io.BytesIO()
     try:
         if media_type in ("image/jpeg", "image/jpg"):
@@ -473,6 +482,24 @@ def render_frame(ds: Dataset, frame: int, params: RenderParams) -> bytes:
     data cannot be decoded or the media type produced, :class:`BadRequest` for an empty crop.
     """
     return _encode(_crop(_pixels(ds, frame, params), params), params)
+
+
+def frame_pixels(ds: Dataset, frame: int, params: RenderParams) -> np.ndarray:
+    """Frame ``frame`` (1-based) after the Modality LUT, VOI (``params.window`` first) and
+    MONOCHROME1 inversion: 8-bit (H, W) grayscale or (H, W, 3) RGB, uncropped.
+
+    For callers that transform the pixels further (presentation states) before
+    :func:`encode_image`; raises like :func:`render_frame`.
+    """
+    return _pixels(ds, frame, params)
+
+
+def encode_image(img: np.ndarray, params: RenderParams,
+                 decorate: Callable[[Any], Any] | None = None) -> bytes:
+    """Crop (``region`` / viewport source), scale and encode an 8-bit image as
+    ``params.media_type``. ``decorate`` receives the scaled ``PIL.Image`` and returns the image
+    to encode (WADO-URI ``annotation`` burns text in at output resolution)."""
+    return _encode(_crop(img, params), params, decorate)
 
 
 def thumbnail(ds: Dataset, size: int = 128) -> bytes:

@@ -2,14 +2,18 @@
 
 Use as a pytest plugin: ``pytest_plugins = ["dicomweb_wsgi.testing"]`` in a conftest.py gives the
 fixtures ``dicomweb_app`` (an app on a fresh temporary data folder) and ``dicomweb_client``
-(a ``webtest.TestApp`` over it). The functions build real DICOM data sets with pydicom, STOW
-bodies, and parse multipart responses with the standard library's ``email`` package.
+(a ``webtest.TestApp`` over it); override the ``dicomweb_settings`` fixture to change the app's
+settings, or call the ``dicomweb_client_factory`` fixture for several differently configured apps.
+The functions build real DICOM data sets with pydicom, STOW bodies, and parse multipart responses
+with the standard library's ``email`` package. Without pytest, ``make_client`` does the same.
 """
 from __future__ import annotations
 
+import base64
 import email.parser
 import email.policy
 import io
+import os
 import uuid
 from typing import Any, Iterable, Iterator
 
@@ -23,6 +27,10 @@ except ImportError:  # the helpers work without pytest
     pytest = None  # type: ignore[assignment]
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+# Settings for throw-away test archives: no fsync (tests do not survive power cuts), CORS on, and no
+# free-space guard (a nearly full CI disk should not turn every store into a 503).
+TEST_SETTINGS: dict[str, Any] = {"fsync": "false", "sqlite_synchronous": "normal", "cors_origins": "*",
+                                 "min_free_space": "0"}
 STOW_BOUNDARY = "0f3cf5c0-70e0-41ef-baef-c6f9f65ec3e1"
 
 
@@ -121,6 +129,35 @@ def store(client: Any, datasets: Iterable[Dataset | bytes], study_uid: str | Non
     return client.post(url, body, headers={"Content-Type": content_type}, status=status)
 
 
+def retrieve_datasets(client: Any, url: str, status: int | str = 200) -> list[Dataset]:
+    """GET a WADO-RS multipart resource through a webtest client; the data sets in it, in order."""
+    resp = client.get(url, headers={"Accept": 'multipart/related; type="application/dicom"'}, status=status)
+    return [read_dataset(body) for _, body in parse_multipart(resp.headers["Content-Type"], resp.body)]
+
+
+def basic_auth(user: str, password: str) -> dict[str, str]:
+    """Request headers for HTTP Basic authentication."""
+    token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
+def bearer_auth(token: str) -> dict[str, str]:
+    """Request headers for a bearer token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+def make_client(data_dir: str, **settings: Any) -> Any:
+    """A ``webtest.TestApp`` over a new app on ``data_dir`` with TEST_SETTINGS plus ``settings``.
+
+    Close it with ``client.app.close()`` (the fixtures do this for you).
+    """
+    import webtest
+
+    from .app import make_app
+
+    return webtest.TestApp(make_app({**TEST_SETTINGS, "data_dir": os.fspath(data_dir), **settings}), lint=True)
+
+
 def new_uid() -> str:
     return generate_uid()
 
@@ -132,16 +169,35 @@ def random_token() -> str:
 if pytest is not None:
 
     @pytest.fixture
-    def dicomweb_app(tmp_path: Any) -> Iterator[Any]:
+    def dicomweb_settings() -> dict[str, Any]:
+        """Extra settings for ``dicomweb_app`` (override this fixture in a conftest.py or test module)."""
+        return {}
+
+    @pytest.fixture
+    def dicomweb_app(tmp_path: Any, dicomweb_settings: dict[str, Any]) -> Iterator[Any]:
         """A dicomweb_wsgi app on a fresh data folder, closed after the test."""
         from .app import make_app
 
-        app = make_app({"data_dir": str(tmp_path / "data"), "fsync": "false", "sqlite_synchronous": "normal",
-                        "cors_origins": "*"})
+        app = make_app({**TEST_SETTINGS, "data_dir": str(tmp_path / "data"), **dicomweb_settings})
         try:
             yield app
         finally:
             app.close()
+
+    @pytest.fixture
+    def dicomweb_client_factory(tmp_path: Any) -> Iterator[Any]:
+        """A function ``(**settings) -> webtest.TestApp``: each call a new app on its own fresh folder."""
+        clients: list[Any] = []
+
+        def factory(**settings: Any) -> Any:
+            clients.append(make_client(str(tmp_path / f"data{len(clients)}"), **settings))
+            return clients[-1]
+
+        try:
+            yield factory
+        finally:
+            for client in clients:
+                client.app.close()
 
     @pytest.fixture
     def dicomweb_client(dicomweb_app: Any) -> Any:

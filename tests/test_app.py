@@ -45,7 +45,7 @@ def test_trailing_slash_is_ignored(dicomweb_client):
 
 
 def test_options_without_preflight_lists_allowed_methods(dicomweb_client):
-    resp = dicomweb_client.options("/studies", status=204)
+    resp = dicomweb_client.options("/studies", status=200)  # the body is the WADL (test_capabilities)
     assert "POST" in resp.headers["Allow"]
 
 
@@ -146,3 +146,25 @@ def test_unknown_setting_is_rejected(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown setting"):
         make_app({"data_dir": str(tmp_path), "no_such_key": "1"})
+
+
+def test_host_header_without_port_gets_the_connection_port(dicomweb_client):
+    # dicomweb-client sends "Host: 127.0.0.1" without the port it connected to.
+    from dicomweb_wsgi.testing import stow_body
+
+    ds = make_dataset()
+    content_type, body = stow_body([ds])
+    resp = dicomweb_client.post("/studies", body, headers={"Content-Type": content_type, "Host": "127.0.0.1"},
+                                extra_environ={"SERVER_PORT": "41234"}, status=200)
+    assert resp.json["00081190"]["Value"] == [f"http://127.0.0.1:41234/studies/{ds.StudyInstanceUID}"]
+
+
+def test_storage_failure_is_503_not_500(dicomweb_app):
+    from dicomweb_wsgi.storage.base import StorageError
+
+    def locked(req):
+        raise StorageError("index read failed: database is locked")
+
+    dicomweb_app.ctx.router = Router([Route("GET", "/locked", locked)])
+    resp = webtest.TestApp(dicomweb_app).get("/locked", status=503)
+    assert "locked" not in resp.text and "try again" in resp.text

@@ -67,6 +67,12 @@ class FileBlobStore:
                     fsync_dir(os.path.dirname(folder))
                     fsync_dir(os.path.dirname(os.path.dirname(folder)))
         except OSError as exc:
+            # A rename that cannot be made durable is undone: the caller reports a failure, so no
+            # blob may be left behind under a key nobody will ever index.
+            try:
+                os.unlink(dest)
+            except OSError:
+                pass
             raise _storage_error(exc, "storing a blob") from exc
         return key
 

@@ -9,15 +9,19 @@ Column names come only from ``model.INDEXED``; values are always bound parameter
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 import sqlite3
 import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from ..model import INDEXED, Level, fold_text
-from .base import AddResult, DuplicatePolicy, InstanceRecord, Outcome, StorageError, StorageFull, StoredInstance
+from ..model import INDEXED, INDEXED_BY_TAG, Level, fold_text
+from .base import (AddResult, Condition, DuplicatePolicy, InstanceRecord, MatchKind, MAX_PN_COMPONENTS,
+                   NUMERIC_VRS, Outcome, SearchQuery, SearchResult, SearchRow, StorageError, StorageFull,
+                   StoredInstance)
 
 STUDY_COLUMNS = [a.column for a in INDEXED if a.level is Level.STUDY and a.column != "study_uid"]
 SERIES_COLUMNS = [a.column for a in INDEXED if a.level is Level.SERIES and a.column != "series_uid"]
@@ -86,11 +90,58 @@ CREATE INDEX instance_sop_class ON instance(sop_class_uid);
 
 
 # Numbered migrations: migration N brings PRAGMA user_version from N-1 to N. Append, never edit.
-MIGRATIONS: list[str] = [_migration_1()]
+# Migration 2 (QIDO-RS): indexes for the remaining required matching keys of PS3.18 §10.6.1.2.3.
+_MIGRATION_2 = """
+CREATE INDEX study_study_id ON study(study_id);
+CREATE INDEX study_referring_fold ON study(referring_physician_name_fold);
+CREATE INDEX series_pps_start ON series(pps_start_date, pps_start_time);
+CREATE INDEX study_other_name_groups ON study(pk)
+  WHERE (instr(attrs_json, '"Ideographic"') > 0 OR instr(attrs_json, '"Phonetic"') > 0)
+"""
+
+MIGRATIONS: list[str] = [_migration_1(), _MIGRATION_2]
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
     return "full" in str(exc).lower()
+
+
+def _dw_match(element_json: str | None, key: str) -> int:
+    """SQL function ``dw_match(element JSON, condition key)``: the reference matcher, for attributes
+    that have no column of their own (and for sequences, fuzzy and non-Alphabetic person names)."""
+    if not element_json:
+        return 0
+    try:
+        return int(Condition.from_key(key).matches(json.loads(element_json)))
+    except (ValueError, TypeError):
+        return 0
+
+
+def _glob(pattern: str) -> str:
+    """A DICOM wildcard pattern as a GLOB pattern: "*" and "?" keep their meaning, "[" is literal."""
+    return pattern.replace("[", "[[]")
+
+
+# QIDO: tables and documents per level; counts and ModalitiesInStudy are derived columns.
+_ALIAS = {"study": "st", "series": "s", "instance": "i"}
+_DOCUMENT = {"study": "st.attrs_json", "series": "s.attrs_json", "instance": "i.metadata_json"}
+_RANK = {"study": 0, "series": 1, "instance": 2}
+_FROM = {
+    "study": "study st",
+    "series": "series s JOIN study st ON st.pk=s.study_pk",
+    "instance": "instance i JOIN series s ON s.pk=i.series_pk JOIN study st ON st.pk=i.study_pk",
+}
+_COUNT_COLUMNS = {("study", "00201206"): "st.num_series", ("study", "00201208"): "st.num_instances",
+                  ("series", "00201209"): "s.num_instances"}
+_MODALITIES_IN_STUDY = "00080061"
+# Rows holding a person name with more than an Alphabetic group; written exactly as the partial index
+# of migration 2 so that SQLite can use it.
+_OTHER_NAME_GROUPS = "(instr({doc}, '\"Ideographic\"') > 0 OR instr({doc}, '\"Phonetic\"') > 0)"
+_TAG_RE = re.compile(r"^[0-9A-F]{8}$")
+# Stable paging order (PS3.18 §8.3.4.4): newest study first, then series and instance numbers.
+_ORDER_STUDY = "st.study_date DESC, st.study_time DESC, st.pk DESC"
+_ORDER_SERIES = "CAST(s.series_number AS INTEGER), s.pk"
+_ORDER_INSTANCE = "CAST(i.instance_number AS INTEGER), i.pk"
 
 
 class SqliteIndex:
@@ -120,6 +171,8 @@ class SqliteIndex:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA cache_size=-16000")
             conn.row_factory = sqlite3.Row
+            # QIDO matching of attributes without a column runs the reference matcher (base.Condition).
+            conn.create_function("dw_match", 2, _dw_match, deterministic=True)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -319,7 +372,228 @@ class SqliteIndex:
     def blob_keys(self) -> set[str]:
         return {r[0] for r in self.read("SELECT blob_key FROM instance")}
 
+    # -- search (QIDO-RS) --------------------------------------------------------------------
+    def search(self, query: SearchQuery) -> SearchResult:
+        level = query.level
+        if level not in _RANK:
+            raise ValueError(f"unknown search level {level!r}")
+        where: list[str] = []
+        params: list[Any] = []
+        if query.study_uid is not None:
+            where.append("st.study_uid=?")
+            params.append(query.study_uid)
+        if query.series_uid is not None:
+            where.append("s.series_uid=?")
+            params.append(query.series_uid)
+        below = [c for c in query.conditions if _RANK[c.level] > _RANK[level]]
+        for cond in query.conditions:
+            if _RANK[cond.level] <= _RANK[level]:
+                where.append(self._condition_sql(cond, params))
+        if below:
+            where.append(self._below_sql(level, below, params))
+        where_sql = " AND ".join(where) or "1"
+        columns = ["st.study_uid", "st.attrs_json", "st.num_series", "st.num_instances", "st.modalities"]
+        if level != "study":
+            columns += ["s.series_uid", "s.attrs_json", "s.num_instances"]
+        if level == "instance":
+            columns += ["i.sop_uid", *(f"i.{c}" for c in INSTANCE_COLUMNS)]
+            if query.with_metadata:
+                columns.append("i.metadata_json")
+        rows = self.read(f"SELECT {', '.join(columns)} FROM {_FROM[level]} WHERE {where_sql} "
+                         f"ORDER BY {self._search_order(query)} LIMIT ? OFFSET ?",
+                         [*params, max(query.limit, 1), max(query.offset, 0)])
+        remaining = 0
+        if rows and len(rows) >= query.limit:
+            total = self.read(f"SELECT count(*) FROM {_FROM[level]} WHERE {where_sql}", params)[0][0]
+            remaining = max(0, total - query.offset - len(rows))
+        return SearchResult([self._search_row(level, r) for r in rows], remaining)
+
+    @staticmethod
+    def _search_order(query: SearchQuery) -> str:
+        order = [_ORDER_STUDY] if query.study_uid is None else []
+        if query.level != "study" and query.series_uid is None:
+            order.append(_ORDER_SERIES)
+        if query.level == "instance":
+            order.append(_ORDER_INSTANCE)
+        return ", ".join(order)
+
+    @staticmethod
+    def _search_row(level: str, r: sqlite3.Row) -> SearchRow:
+        if level == "study":
+            return SearchRow(r[0], r[1], r[2], r[3], r[4])
+        if level == "series":
+            return SearchRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+        columns = {c: r[9 + n] for n, c in enumerate(INSTANCE_COLUMNS)}
+        metadata = r[9 + len(INSTANCE_COLUMNS)] if len(r) > 9 + len(INSTANCE_COLUMNS) else None
+        return SearchRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], columns, metadata)
+
+    def _condition_sql(self, cond: Condition, params: list[Any]) -> str:
+        """One matching key as SQL over the tables aliased st/s/i; values are appended to ``params``."""
+        if not _TAG_RE.match(cond.tag) or cond.level not in _RANK:
+            raise ValueError(f"invalid search condition {cond.tag!r} at {cond.level!r}")
+        count_column = _COUNT_COLUMNS.get((cond.level, cond.tag))
+        if count_column is not None and not cond.items:
+            return self._terms_sql(count_column, cond, params, numeric=True)
+        if cond.level == "study" and cond.tag == _MODALITIES_IN_STUDY and not cond.items:
+            # A study matches when one of its series' Modality does (any value of a multi-valued key).
+            # The unary + keeps SQLite on the per-study index instead of scanning a whole modality.
+            return (f"EXISTS (SELECT 1 FROM series sx WHERE sx.study_pk=st.pk AND "
+                    f"{self._terms_sql('+sx.modality', cond, params)})")
+        attr = INDEXED_BY_TAG.get(cond.tag)
+        document = _DOCUMENT[cond.level]
+        if cond.items or attr is None or attr.level.value != cond.level:
+            params += [f'$."{cond.tag}"', cond.key()]
+            return f"dw_match(json_extract({document}, ?), ?)"
+        if cond.vr != "PN":
+            return self._terms_sql(f"{_ALIAS[cond.level]}.{attr.column}", cond, params)
+        # PN: the folded Alphabetic column answers through its index; the few names with Ideographic
+        # or Phonetic groups (found through a partial index) go to the reference matcher group by group.
+        fold, table = f"pn.{attr.column}_fold", cond.level  # the level names are the table names
+        others = f"SELECT pn.pk FROM {table} pn WHERE {_OTHER_NAME_GROUPS.format(doc='pn.attrs_json')}"
+        if cond.fuzzy:
+            fast = self._fuzzy_prefilter(fold, cond, params)
+            params += [f'$."{cond.tag}"', cond.key()]
+            return (f"{_ALIAS[cond.level]}.pk IN (SELECT pn.pk FROM {table} pn WHERE {fast} UNION {others}) "
+                    f"AND dw_match(json_extract({document}, ?), ?)")
+        fast = self._pn_sql(fold, cond, params)
+        params += [f'$."{cond.tag}"', cond.key()]
+        return (f"{_ALIAS[cond.level]}.pk IN (SELECT pn.pk FROM {table} pn WHERE {fast} UNION "
+                f"{others} AND dw_match(json_extract(pn.attrs_json, ?), ?))")
+
+    @staticmethod
+    def _pn_sql(column: str, cond: Condition, params: list[Any]) -> str:
+        """Folded PN column against folded terms; trailing empty components are ignored."""
+        parts = []
+        for term in cond.terms:
+            if term.kind is MatchKind.SINGLE:
+                variants = [term.value + "^" * k for k in range(MAX_PN_COMPONENTS)]
+                parts.append(f"{column} IN ({', '.join('?' * len(variants))})")
+            else:
+                pattern = _glob(term.value)
+                variants = [pattern] if pattern.endswith("*") else \
+                    [pattern + "^" * k for k in range(MAX_PN_COMPONENTS)]
+                parts.append("(" + " OR ".join(f"{column} GLOB ?" for _ in variants) + ")")
+            params += variants
+        return "(" + " OR ".join(parts) + ")"
+
+    @staticmethod
+    def _fuzzy_prefilter(column: str, cond: Condition, params: list[Any]) -> str:
+        """A necessary condition for a fuzzy PN match: every literal piece of the query is in the name."""
+        parts = []
+        for term in cond.terms:
+            pieces = [p for p in re.split(r"[*?^]", term.value) if p]
+            parts.append(" AND ".join(f"instr({column}, ?) > 0" for _ in pieces) or f"{column} IS NOT NULL")
+            params += pieces
+        return " OR ".join(f"({p})" for p in parts)
+
+    @staticmethod
+    def _terms_sql(column: str, cond: Condition, params: list[Any], numeric: bool = False) -> str:
+        parts = []
+        for term in cond.terms:
+            if term.kind is MatchKind.RANGE:
+                value = f"substr(replace({column}, ':', '') || '000000', 1, 6)" if cond.vr == "TM" else column
+                bounds = [f"{column} > ''"]
+                if term.low:
+                    bounds.append(f"{value} >= ?")
+                    params.append(term.low)
+                if term.high:
+                    bounds.append(f"{value} <= ?")
+                    params.append(term.high)
+                parts.append("(" + " AND ".join(bounds) + ")")
+            elif term.kind is MatchKind.WILDCARD:
+                parts.append(f"{column} GLOB ?")
+                params.append(_glob(term.value))
+            elif numeric or cond.vr in NUMERIC_VRS:
+                parts.append(f"CAST({column} AS REAL) = ?")
+                params.append(float(term.value))
+            else:
+                parts.append(f"{column} = ?")
+                params.append(term.value)
+        return "(" + " OR ".join(parts) + ")" if parts else "0"
+
+    def _below_sql(self, level: str, conditions: list[Condition], params: list[Any]) -> str:
+        """Keys of a lower level: the entity matches when one of its series/instances matches them all."""
+        if level == "study" and any(c.level == "instance" for c in conditions):
+            head = "SELECT 1 FROM instance i JOIN series s ON s.pk=i.series_pk WHERE i.study_pk=st.pk"
+        elif level == "study":
+            head = "SELECT 1 FROM series s WHERE s.study_pk=st.pk"
+        else:
+            head = "SELECT 1 FROM instance i WHERE i.series_pk=s.pk"
+        inner = [self._condition_sql(c, params) for c in conditions]
+        return f"EXISTS ({head} AND {' AND '.join(inner)})"
+
     def counts(self) -> dict[str, int]:
         row = self.read("SELECT (SELECT count(*) FROM study), (SELECT count(*) FROM series), "
                         "(SELECT count(*) FROM instance), (SELECT coalesce(sum(size),0) FROM instance)")[0]
         return {"studies": row[0], "series": row[1], "instances": row[2], "bytes": row[3]}
+
+    # -- maintenance (check, reindex, stats, import) ------------------------------------------------
+    def iter_instance_files(self) -> Iterator[StoredInstance]:
+        """Every instance's blob key, size and digest, streamed (for ``check``)."""
+        try:
+            cursor = self.connection().execute(
+                "SELECT st.study_uid, s.series_uid, i.sop_uid, i.sop_class_uid, i.transfer_syntax, i.blob_key, "
+                "i.size, i.digest, i.stored_at FROM instance i JOIN series s ON s.pk=i.series_pk "
+                "JOIN study st ON st.pk=i.study_pk ORDER BY i.pk")
+            for r in cursor:
+                yield StoredInstance(r["study_uid"], r["series_uid"], r["sop_uid"], r["sop_class_uid"],
+                                     r["transfer_syntax"], r["blob_key"], r["size"], r["digest"], None, None, None,
+                                     r["stored_at"])
+        except sqlite3.Error as exc:
+            raise StorageError(f"index read failed: {exc}") from exc
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return bool(self.read("SELECT 1 FROM instance WHERE sop_uid=?", (sop_uid,)))
+
+    def integrity_problems(self) -> list[str]:
+        """SQLite's own consistency check of the file (empty when sound)."""
+        rows = [r[0] for r in self.read("PRAGMA quick_check")]
+        return [] if rows == ["ok"] else rows
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and bytes per level, and per modality (a study counts under each of its modalities)."""
+        totals = self.counts()
+        by_modality = {}
+        for r in self.read(
+                "SELECT coalesce(nullif(s.modality, ''), '(none)') AS m, count(DISTINCT s.study_pk), "
+                "count(DISTINCT s.pk), count(i.pk), coalesce(sum(i.size), 0) FROM series s "
+                "JOIN instance i ON i.series_pk=s.pk GROUP BY m ORDER BY m"):
+            by_modality[r[0]] = {"studies": r[1], "series": r[2], "instances": r[3], "bytes": r[4]}
+        return {**totals, "modalities": by_modality}
+
+    def replace_instances_from(self, other_path: str) -> None:
+        """Replace every instance-derived row with those of another index file, in one transaction.
+
+        Tables holding other data (anything not hanging off ``study`` by foreign keys) are kept.
+        """
+        conn = self.connection()
+        try:
+            conn.execute("ATTACH DATABASE ? AS rebuilt", (other_path,))
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the rebuilt index: {exc}") from exc
+        try:
+            tables = self._instance_tables(conn)
+            with self.write() as w:
+                for table in reversed(tables):
+                    w.execute(f'DELETE FROM main."{table}"')
+                for table in tables:
+                    cols = ", ".join(f'"{r[1]}"' for r in w.execute(f'PRAGMA main.table_info("{table}")'))
+                    w.execute(f'INSERT INTO main."{table}" ({cols}) SELECT {cols} FROM rebuilt."{table}"')
+        finally:
+            conn.execute("DETACH DATABASE rebuilt")
+
+    @staticmethod
+    def _instance_tables(conn: sqlite3.Connection) -> list[str]:
+        """``study`` and the tables that depend on it through foreign keys, parents first."""
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM main.sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        parents = {n: {r[2] for r in conn.execute(f'PRAGMA main.foreign_key_list("{n}")')} for n in names}
+        ordered = ["study"]
+        grew = True
+        while grew:
+            grew = False
+            for name in names:
+                if name not in ordered and parents[name] and parents[name] <= set(ordered) | {name}:
+                    ordered.append(name)
+                    grew = True
+        return ordered

@@ -10,7 +10,8 @@ Status (PS3.18 Table 10.5.3-1): 200 all stored; 202 some stored, some failed; 40
 (conflicts or unreadable instances); 503 none stored for lack of resources; 400 the request itself
 cannot be read (malformed multipart); 413 too large; 415 other media types.
 
-Not yet: ``type="application/dicom+json"`` / ``+xml`` metadata with bulk data (415).
+Also ``type="application/dicom+json"`` and ``type="application/dicom+xml"``: metadata plus bulk
+data parts, turned into PS3.10 files by ``stow_bulk`` and then stored like any other upload.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from ..archive import StoreResult
 from ..errors import BadRequest, DicomStatus, NotAcceptable, UnsupportedMediaType
 from ..http import Request, Response
 from ..mediatypes import Offer, negotiate, parse_media_type
-from ..multipart import read_multipart
+from ..multipart import read_multipart, spool_error
+from . import stow_bulk
 
 RESPONSE_OFFERS = (
     Offer("application/dicom+json", multipart=False),
@@ -45,20 +47,27 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
     settings = req.ctx.settings
     archive = req.ctx.archive
     stream, length = req.body_stream(settings.max_request_body)
+    built: list[str] = []
+    early: list[StoreResult] = []
     if content_type.type == "multipart/related":
         part_type = (content_type.get("type") or "application/dicom").split(";")[0].strip().lower()
-        if part_type != "application/dicom":
+        if part_type != "application/dicom" and part_type not in stow_bulk.METADATA_TYPES:
             raise UnsupportedMediaType(f"multipart/related type {part_type!r} is not supported; "
-                                       "use type=\"application/dicom\"")
+                                       "use type=\"application/dicom\", \"application/dicom+json\" or "
+                                       "\"application/dicom+xml\"")
         parts = read_multipart(stream, content_type, spool_dir=archive.blobs.spool_dir, content_length=length,
                                max_parts=settings.max_parts, max_part_size=settings.max_part_size)
-        paths: Iterator[str] = (part.path for part in parts)
+        if part_type in stow_bulk.METADATA_TYPES:
+            built, early = stow_bulk.build_instances(parts, part_type, archive.blobs.spool_dir)
+            paths: Iterator[str] = iter(built)
+        else:
+            paths = (part.path for part in parts)
     elif content_type.type == "application/dicom":
         paths = iter([_spool_body(stream, length, archive.blobs.spool_dir)])
     else:
         raise UnsupportedMediaType(f"{content_type.type} is not supported; expected "
                                    "multipart/related; type=\"application/dicom\"")
-    results: list[StoreResult] = []
+    results: list[StoreResult] = list(early)
     try:
         for result in archive.store_files(paths, expected_study=study_uid):
             results.append(result)
@@ -66,6 +75,8 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
         stored = sum(1 for r in results if r.failure is None)
         note = f" ({stored} complete instances before the error were stored)" if stored else ""
         raise BadRequest(f"{exc.reason}{note}") from exc
+    finally:
+        stow_bulk.discard(built)
     if not results:
         raise BadRequest("the request contains no parts")
     return _response(req, results, study_uid, selection.offer.media_type, selection.offer.multipart)
@@ -73,7 +84,10 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
 
 def _spool_body(stream, length: int | None, spool_dir: str) -> str:
     """Write a single-part body to a spool file, in chunks."""
-    fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
+    try:
+        fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
+    except OSError as exc:
+        raise spool_error(exc) from exc
     left = length
     try:
         with os.fdopen(fd, "wb") as out:
@@ -86,6 +100,9 @@ def _spool_body(stream, length: int | None, spool_dir: str) -> str:
                     left -= len(data)
         if left:
             raise BadRequest("request body shorter than its Content-Length")
+    except OSError as exc:
+        os.unlink(path)
+        raise spool_error(exc) from exc
     except BaseException:
         os.unlink(path)
         raise

@@ -1,0 +1,482 @@
+"""The SQLite WorkitemStore: UPS workitems, their subscriptions, and the event outbox (``workitems.sqlite3``).
+
+Each change to a workitem and the event reports it causes commit in ONE transaction, so an event is
+queued if and only if its change happened, and it survives a crash or restart until a subscriber's
+WebSocket has taken it (``ack_events``). Durability and concurrency follow ``sqlite_index.py``: WAL,
+``synchronous=FULL`` by default, one connection per thread, ``BEGIN IMMEDIATE`` for every write (so
+two clients claiming the same workitem are serialised and the second sees the first's claim).
+
+Search matching is done here, on the stored DICOM JSON (``dataset_matches``): a few attributes have
+their own columns (``COLUMNS``, the only column names SQL is built from) to narrow the scan, and
+every key, sequence keys included, is then checked in Python. ``dataset_matches`` works on plain
+DICOM JSON and could serve other searches as well.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+from ..model import fold_text
+from .base import (AttributeMatch, NewEvent, OutboxEvent, StorageError, StorageFull, WorkitemChange,
+                   WorkitemRecord)
+
+# Attributes with their own column: tag -> column. Column names in SQL come only from here.
+COLUMNS: dict[str, str] = {
+    "00741000": "state",
+    "00741200": "priority",
+    "00741204": "label",
+    "00741202": "worklist_label",
+    "00404005": "start_datetime",
+    "00404041": "input_readiness",
+    "00100010": "patient_name",
+    "00100020": "patient_id",
+}
+FINAL_STATES = ("COMPLETED", "CANCELED")
+
+
+def _migration_1() -> str:
+    columns = ",\n  ".join(f"{col} TEXT" for col in COLUMNS.values() if col != "state")
+    return f"""
+CREATE TABLE workitem (
+  pk INTEGER PRIMARY KEY,
+  uid TEXT NOT NULL UNIQUE,
+  state TEXT NOT NULL,
+  {columns},
+  patient_name_fold TEXT,
+  attrs_json TEXT NOT NULL,
+  created_at REAL NOT NULL,
+  updated_at REAL NOT NULL,
+  final_at REAL
+);
+CREATE INDEX workitem_state ON workitem(state, start_datetime);
+CREATE INDEX workitem_patient_id ON workitem(patient_id);
+CREATE INDEX workitem_final_at ON workitem(final_at);
+CREATE TABLE subscription (
+  ae TEXT NOT NULL,
+  workitem_uid TEXT NOT NULL,
+  deletion_lock INTEGER NOT NULL,
+  created_at REAL NOT NULL,
+  PRIMARY KEY (ae, workitem_uid)
+);
+CREATE INDEX subscription_workitem ON subscription(workitem_uid);
+CREATE TABLE global_subscription (
+  ae TEXT PRIMARY KEY,
+  deletion_lock INTEGER NOT NULL,
+  filter_json TEXT,
+  created_at REAL NOT NULL
+);
+CREATE TABLE event (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  ae TEXT NOT NULL,
+  workitem_uid TEXT NOT NULL,
+  event_type INTEGER NOT NULL,
+  attrs_json TEXT NOT NULL,
+  created_at REAL NOT NULL
+);
+CREATE INDEX event_ae ON event(ae, seq);
+CREATE INDEX event_created_at ON event(created_at);
+"""
+
+
+# Numbered migrations: migration N brings PRAGMA user_version from N-1 to N. Append, never edit.
+MIGRATIONS: list[str] = [_migration_1()]
+
+
+class SqliteWorkitemStore:
+    """WorkitemStore on one SQLite file, safe for many threads and processes."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30000,
+                 event_retention_s: float = 7 * 86400, max_pending: int = 10000,
+                 final_retention_s: float = 7 * 86400) -> None:
+        self.path = os.path.abspath(path)
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"invalid synchronous mode {synchronous!r}")
+        self.busy_timeout_ms = busy_timeout_ms
+        self.event_retention_s = event_retention_s
+        self.max_pending = max_pending
+        self.final_retention_s = final_retention_s
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+        self._migrate()
+
+    # -- connections and transactions -----------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000)
+            for pragma in (f"busy_timeout={int(self.busy_timeout_ms)}", "journal_mode=WAL",
+                           f"synchronous={self.synchronous}"):
+                conn.execute("PRAGMA " + pragma)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Tx]:
+        """BEGIN IMMEDIATE ... COMMIT; listeners are told after a commit that queued events."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"workitem store unavailable: {exc}") from exc
+        tx = _Tx(conn, self)
+        try:
+            yield tx
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                if "full" in str(exc).lower():
+                    raise StorageFull(f"workitem store: {exc}") from exc
+                raise StorageError(f"workitem store write failed: {exc}") from exc
+            raise
+        if tx.queued:
+            for listener in list(self._listeners):
+                listener()
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"workitem store read failed: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._tx() as tx:
+            version = tx.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StorageError(f"workitem schema version {version} is newer than this program "
+                                   f"({len(MIGRATIONS)}); upgrade dicomweb_wsgi")
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        tx.conn.execute(statement)
+                tx.conn.execute(f"PRAGMA user_version={number}")
+
+    def schema_version(self) -> int:
+        return int(self._read("PRAGMA user_version")[0][0])
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    # -- workitems ---------------------------------------------------------------------------------
+    def create(self, uid: str, attrs_json: str, events: Sequence[NewEvent]) -> bool:
+        attrs = json.loads(attrs_json)
+        now = time.time()
+        with self._tx() as tx:
+            tx.purge(now)
+            if tx.conn.execute("SELECT 1 FROM workitem WHERE uid=?", (uid,)).fetchone():
+                return False
+            values = _column_values(attrs)
+            names = ["uid", *values, "attrs_json", "created_at", "updated_at"]
+            tx.conn.execute(f"INSERT INTO workitem ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                            [uid, *values.values(), attrs_json, now, now])
+            # PS3.4 CC.2.3.3 / Table CC.2.3-2: a new workitem gets every matching global subscriber.
+            for row in tx.conn.execute("SELECT ae, deletion_lock, filter_json FROM global_subscription").fetchall():
+                if row["filter_json"] is None or dataset_matches(attrs, _load_filter(row["filter_json"])):
+                    tx.conn.execute("INSERT OR IGNORE INTO subscription VALUES (?, ?, ?, ?)",
+                                    (row["ae"], uid, row["deletion_lock"], now))
+            tx.queue(events, now)
+        return True
+
+    def get(self, uid: str) -> WorkitemRecord | None:
+        rows = self._read("SELECT * FROM workitem WHERE uid=?", (uid,))
+        if not rows:
+            return None
+        subs = self._read("SELECT ae FROM subscription WHERE workitem_uid=? ORDER BY ae", (uid,))
+        return _record(rows[0], tuple(r[0] for r in subs))
+
+    def change(self, uid: str, decide: Callable[[WorkitemRecord], WorkitemChange]) -> WorkitemChange | None:
+        now = time.time()
+        with self._tx() as tx:
+            current = tx.record(uid)
+            if current is None:
+                return None
+            outcome = decide(current)
+            if outcome.attrs_json is not None:
+                values = _column_values(json.loads(outcome.attrs_json))
+                final = values.get("state") in FINAL_STATES and current.state not in FINAL_STATES
+                assignments = ", ".join(f"{name}=?" for name in values)
+                tx.conn.execute(f"UPDATE workitem SET {assignments}, attrs_json=?, updated_at=?, "
+                                "final_at=coalesce(final_at, ?) WHERE uid=?",
+                                [*values.values(), outcome.attrs_json, now, now if final else None, uid])
+            tx.queue(outcome.events, now)
+        return outcome
+
+    def search(self, matches: Sequence[AttributeMatch], limit: int | None,
+               offset: int) -> tuple[list[WorkitemRecord], int]:
+        where, params = _prefilter(matches)
+        found: list[WorkitemRecord] = []
+        total = 0
+        for row in self._read(f"SELECT * FROM workitem WHERE {where} ORDER BY pk", params):
+            if not dataset_matches(json.loads(row["attrs_json"]), matches):
+                continue
+            total += 1
+            if total > offset and (limit is None or len(found) < limit):
+                found.append(_record(row, ()))
+        return found, total
+
+    # -- subscriptions -----------------------------------------------------------------------------
+    def subscribe(self, ae: str, uid: str, deletion_lock: bool,
+                  initial: Callable[[WorkitemRecord], NewEvent]) -> bool:
+        now = time.time()
+        with self._tx() as tx:
+            current = tx.record(uid)
+            if current is None:
+                return False
+            tx.conn.execute("INSERT INTO subscription VALUES (?, ?, ?, ?) ON CONFLICT(ae, workitem_uid) "
+                            "DO UPDATE SET deletion_lock=excluded.deletion_lock", (ae, uid, int(deletion_lock), now))
+            tx.queue([initial(current)], now)
+        return True
+
+    def subscribe_all(self, ae: str, deletion_lock: bool, matches: Sequence[AttributeMatch] | None,
+                      initial: Callable[[WorkitemRecord], NewEvent] | None) -> int:
+        now = time.time()
+        filter_json = None if matches is None else json.dumps([[list(m.path), m.vr, m.value] for m in matches])
+        count = 0
+        with self._tx() as tx:
+            tx.conn.execute("INSERT INTO global_subscription VALUES (?, ?, ?, ?) ON CONFLICT(ae) DO UPDATE SET "
+                            "deletion_lock=excluded.deletion_lock, filter_json=excluded.filter_json",
+                            (ae, int(deletion_lock), filter_json, now))
+            rows = tx.conn.execute(
+                "SELECT * FROM workitem w WHERE NOT EXISTS (SELECT 1 FROM subscription s "
+                "WHERE s.ae=? AND s.workitem_uid=w.uid) ORDER BY pk", (ae,)).fetchall()
+            for row in rows:
+                if matches is not None and not dataset_matches(json.loads(row["attrs_json"]), matches):
+                    continue
+                tx.conn.execute("INSERT INTO subscription VALUES (?, ?, ?, ?)",
+                                (ae, row["uid"], int(deletion_lock), now))
+                count += 1
+                if initial is not None:
+                    tx.queue([initial(_record(row, ()))], now)
+        return count
+
+    def unsubscribe(self, ae: str, uid: str) -> bool:
+        with self._tx() as tx:
+            if not tx.conn.execute("SELECT 1 FROM workitem WHERE uid=?", (uid,)).fetchone():
+                return False
+            tx.conn.execute("DELETE FROM subscription WHERE ae=? AND workitem_uid=?", (ae, uid))
+        return True
+
+    def unsubscribe_all(self, ae: str) -> None:
+        with self._tx() as tx:
+            tx.conn.execute("DELETE FROM global_subscription WHERE ae=?", (ae,))
+            tx.conn.execute("DELETE FROM subscription WHERE ae=?", (ae,))
+
+    def suspend(self, ae: str) -> None:
+        with self._tx() as tx:
+            tx.conn.execute("DELETE FROM global_subscription WHERE ae=?", (ae,))
+
+    def subscribers(self) -> set[str]:
+        """Every AE with a global or workitem subscription."""
+        rows = self._read("SELECT ae FROM global_subscription UNION SELECT ae FROM subscription")
+        return {r[0] for r in rows}
+
+    # -- event outbox ------------------------------------------------------------------------------
+    def broadcast(self, event: NewEvent) -> int:
+        now = time.time()
+        with self._tx() as tx:
+            aes = [r[0] for r in tx.conn.execute(
+                "SELECT ae FROM global_subscription UNION SELECT ae FROM subscription ORDER BY 1")]
+            tx.queue([NewEvent(event.event_type, event.workitem_uid, event.attrs_json, ae) for ae in aes], now)
+        return len(aes)
+
+    def pending_events(self, ae: str, limit: int) -> list[OutboxEvent]:
+        rows = self._read("SELECT seq, ae, workitem_uid, event_type, attrs_json, created_at FROM event "
+                          "WHERE ae=? ORDER BY seq LIMIT ?", (ae, limit))
+        return [OutboxEvent(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def ack_events(self, ae: str, through_seq: int) -> None:
+        with self._tx() as tx:
+            tx.conn.execute("DELETE FROM event WHERE ae=? AND seq<=?", (ae, through_seq))
+
+    def purge(self) -> None:
+        with self._tx() as tx:
+            tx.purge(time.time())
+
+
+def open_workitem_store(settings: Any) -> SqliteWorkitemStore:
+    """The store for an app's settings: ``workitems.sqlite3`` in ``data_dir``, retention from the settings."""
+    os.makedirs(settings.data_dir, exist_ok=True)
+    return SqliteWorkitemStore(os.path.join(settings.data_dir, "workitems.sqlite3"),
+                               synchronous=settings.sqlite_synchronous,
+                               event_retention_s=settings.events_retention_hours * 3600,
+                               max_pending=settings.events_max_pending,
+                               final_retention_s=settings.ups_retention_hours * 3600)
+
+
+class _Tx:
+    """The open write transaction of one store call."""
+
+    def __init__(self, conn: sqlite3.Connection, store: SqliteWorkitemStore) -> None:
+        self.conn = conn
+        self.store = store
+        self.queued = 0
+
+    def record(self, uid: str) -> WorkitemRecord | None:
+        row = self.conn.execute("SELECT * FROM workitem WHERE uid=?", (uid,)).fetchone()
+        if row is None:
+            return None
+        subs = self.conn.execute("SELECT ae FROM subscription WHERE workitem_uid=? ORDER BY ae", (uid,)).fetchall()
+        return _record(row, tuple(r[0] for r in subs))
+
+    def queue(self, events: Sequence[NewEvent], now: float) -> None:
+        """Insert events in order, each for its AE or for every current subscriber of its workitem."""
+        touched: set[str] = set()
+        for event in events:
+            if event.to is not None:
+                aes = [event.to]
+            else:
+                aes = [r[0] for r in self.conn.execute(
+                    "SELECT ae FROM subscription WHERE workitem_uid=? ORDER BY ae", (event.workitem_uid,))]
+            for ae in aes:
+                self.conn.execute("INSERT INTO event (ae, workitem_uid, event_type, attrs_json, created_at) "
+                                  "VALUES (?, ?, ?, ?, ?)",
+                                  (ae, event.workitem_uid, event.event_type, event.attrs_json, now))
+                touched.add(ae)
+        self.queued += len(touched)
+        for ae in touched if self.store.max_pending > 0 else ():
+            # Keep at most max_pending undelivered events per subscriber: the oldest go first.
+            self.conn.execute("DELETE FROM event WHERE ae=? AND seq <= (SELECT seq FROM event WHERE ae=? "
+                              "ORDER BY seq DESC LIMIT 1 OFFSET ?)", (ae, ae, self.store.max_pending))
+
+    def purge(self, now: float) -> None:
+        store = self.store
+        if store.event_retention_s > 0:
+            self.conn.execute("DELETE FROM event WHERE created_at < ?", (now - store.event_retention_s,))
+        if store.final_retention_s > 0:
+            # PS3.4 CC.2.1.3: a final-state workitem is kept while any subscriber holds a deletion lock.
+            expired = [r[0] for r in self.conn.execute(
+                "SELECT uid FROM workitem w WHERE final_at IS NOT NULL AND final_at < ? AND NOT EXISTS "
+                "(SELECT 1 FROM subscription s WHERE s.workitem_uid=w.uid AND s.deletion_lock=1)",
+                (now - store.final_retention_s,))]
+            for uid in expired:
+                self.conn.execute("DELETE FROM subscription WHERE workitem_uid=?", (uid,))
+                self.conn.execute("DELETE FROM workitem WHERE uid=?", (uid,))
+
+
+def _record(row: sqlite3.Row, subscribers: tuple[str, ...]) -> WorkitemRecord:
+    return WorkitemRecord(row["uid"], row["state"], row["attrs_json"], subscribers, row["created_at"],
+                          row["updated_at"])
+
+
+def _load_filter(text: str) -> list[AttributeMatch]:
+    return [AttributeMatch(tuple(path), vr, value) for path, vr, value in json.loads(text)]
+
+
+def _column_values(attrs: dict[str, Any]) -> dict[str, str | None]:
+    """The indexed column values of a dataset (first value; PN as its alphabetic group)."""
+    values: dict[str, str | None] = {}
+    for tag, column in COLUMNS.items():
+        found = _strings(attrs.get(tag))
+        values[column] = found[0] if found else None
+    values["state"] = values["state"] or ""
+    name = values["patient_name"]
+    values["patient_name_fold"] = fold_text(name) if name else None
+    return values
+
+
+def _prefilter(matches: Sequence[AttributeMatch]) -> tuple[str, list[str]]:
+    """SQL narrowing the scan: exact, non-wildcard keys on indexed non-PN attributes."""
+    where, params = ["1=1"], []
+    for m in matches:
+        column = COLUMNS.get(m.path[0]) if len(m.path) == 1 else None
+        if column is None or m.vr == "PN" or not m.value or _WILD.search(m.value) or "-" in m.value \
+                or "\\" in m.value:
+            continue
+        where.append(f"{column}=?")
+        params.append(m.value)
+    return " AND ".join(where), params
+
+
+# -- matching on DICOM JSON (PS3.4 C.2.2.2) -----------------------------------------------------------
+
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+RANGE_VRS = frozenset({"DA", "TM", "DT"})
+NUMBER_VRS = frozenset({"DS", "IS", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"})
+_WILD = re.compile(r"[*?]")
+
+
+def dataset_matches(obj: dict[str, Any], matches: Sequence[AttributeMatch]) -> bool:
+    """Whether one DICOM JSON dataset matches every key (sequence keys: one item matches all of them)."""
+    nested: dict[str, list[AttributeMatch]] = {}
+    for m in matches:
+        if len(m.path) > 1:
+            nested.setdefault(m.path[0], []).append(AttributeMatch(m.path[1:], m.vr, m.value))
+        elif not attribute_matches(obj.get(m.path[0]), m):
+            return False
+    for tag, keys in nested.items():
+        if all(not k.value for k in keys):
+            continue  # only universal keys inside the sequence: they match anything (C.2.2.2.6)
+        items = (obj.get(tag) or {}).get("Value") or []
+        if not any(isinstance(item, dict) and dataset_matches(item, keys) for item in items):
+            return False
+    return True
+
+
+def attribute_matches(attr: dict[str, Any] | None, m: AttributeMatch) -> bool:
+    """Single value, list of UIDs, wildcard, range or universal matching of one attribute.
+
+    An attribute without a value matches only universal matching; a multi-valued one matches if
+    any value does. PN matching ignores case and accents.
+    """
+    if not m.value:
+        return True
+    return any(_value_matches(value, m) for value in _strings(attr))
+
+
+def _value_matches(value: str, m: AttributeMatch) -> bool:
+    query = m.value
+    if m.vr == "UI":
+        return value in {u.strip() for u in re.split(r"[\\,]", query) if u.strip()}
+    if m.vr in RANGE_VRS and "-" in query:
+        low, _, high = query.partition("-")
+        return (not low or value >= low.strip()) and (not high or value[:len(high.strip())] <= high.strip())
+    if m.vr in NUMBER_VRS:
+        try:
+            return float(value) == float(query)
+        except ValueError:
+            return value == query
+    if m.vr == "PN":
+        value, query = fold_text(value), fold_text(query)
+    if m.vr in WILDCARD_VRS and _WILD.search(query):
+        pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in query)
+        return re.fullmatch(pattern, value, re.DOTALL) is not None
+    return value == query.strip()
+
+
+def _strings(attr: dict[str, Any] | None) -> list[str]:
+    """The values of a DICOM JSON attribute as text (every group of a PN value)."""
+    if not isinstance(attr, dict):
+        return []
+    out: list[str] = []
+    for value in attr.get("Value") or []:
+        if isinstance(value, dict):
+            out.extend(str(v) for k, v in value.items() if k in ("Alphabetic", "Ideographic", "Phonetic") and v)
+        elif value is not None and value != "":
+            out.append(value if isinstance(value, str) else json.dumps(value))
+    return out

@@ -1,0 +1,288 @@
+"""STOW-RS of metadata + bulk data (JSON and XML) through HTTP, checked against the PS3.10 originals.
+
+The metadata is made by pydicom's own ``Dataset.to_json_dict`` (an encoder independent of the
+server's), the bodies by hand, and the stored result is read back through WADO-RS.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.encaps import generate_frames
+
+from dicomweb_wsgi import dicomjson
+from dicomweb_wsgi.testing import dataset_bytes, make_dataset, new_uid, read_dataset
+
+BOUNDARY = "stow-bulk-7c1e"
+JSON_TYPE = f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY}'
+XML_TYPE = f'multipart/related; type="application/dicom+xml"; boundary={BOUNDARY}'
+PIXEL_DESCRIPTION = ("00280002", "00280004", "00280006", "00280008", "00280010", "00280011", "00280100",
+                     "00280101", "00280102", "00280103")
+
+
+def _body(parts: list[tuple[dict[str, str], bytes]]) -> bytes:
+    out = b""
+    for headers, data in parts:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        out += f"--{BOUNDARY}\r\n{head}\r\n".encode() + data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def _metadata(ds: Dataset, bulk: dict[str, bytes], threshold: int = 256) -> dict:
+    """pydicom's DICOM JSON of ``ds`` with every value over ``threshold`` bytes as a BulkDataURI."""
+    def handler(elem) -> str:
+        uri = f"https://client.example/bulk/{ds.SOPInstanceUID}/{len(bulk)}"
+        bulk[uri] = elem.value if isinstance(elem.value, bytes) else str(elem.value).encode()
+        return uri
+    return ds.to_json_dict(bulk_data_threshold=threshold, bulk_data_element_handler=handler)
+
+
+def _octet_parts(bulk: dict[str, bytes]) -> list[tuple[dict[str, str], bytes]]:
+    return [({"Content-Type": "application/octet-stream", "Content-Location": uri}, data)
+            for uri, data in bulk.items()]
+
+
+def _post(client, body: bytes, content_type: str = JSON_TYPE, status: int = 200, url: str = "/studies"):
+    return client.post(url, body, headers={"Content-Type": content_type}, status=status)
+
+
+def _retrieve(client, ds: Dataset, syntax: str = "*") -> Dataset:
+    url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    resp = client.get(url, headers={"Accept": f"application/dicom; transfer-syntax={syntax}"}, status=200)
+    return pydicom.dcmread(io.BytesIO(resp.body))
+
+
+def _without_meta(ds: Dataset) -> dict:
+    return {k: v for k, v in ds.to_json_dict(bulk_data_threshold=1 << 30).items() if not k.startswith("0002")}
+
+
+def _assert_same(got: Dataset, original: Dataset) -> None:
+    """Every data element (group 0002 aside) and the pixels equal the original."""
+    assert _without_meta(got) == _without_meta(original)
+    if "PixelData" in original:
+        assert np.array_equal(got.pixel_array, original.pixel_array)
+
+
+def _original(name: str) -> Dataset:
+    return pydicom.dcmread(get_testdata_file(name))
+
+
+def _spool_is_empty(app) -> bool:
+    return os.listdir(app.archive.blobs.spool_dir) == []
+
+
+# -- JSON + octet-stream ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "examples_overlay.dcm"])
+def test_stow_json_bulk_round_trip_equals_ps310_original(dicomweb_client, dicomweb_app, name):
+    original = _original(name)
+    bulk: dict[str, bytes] = {}
+    meta = _metadata(original, bulk)
+    assert meta["7FE00010"]["BulkDataURI"] in bulk
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode())] + _octet_parts(bulk))
+    resp = _post(dicomweb_client, body)
+    assert resp.json["00081199"]["Value"][0]["00081155"]["Value"] == [original.SOPInstanceUID]
+    got = _retrieve(dicomweb_client, original)
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    _assert_same(got, original)
+    assert _spool_is_empty(dicomweb_app)
+
+
+def test_stow_json_nested_bulk_data_in_sequence_items_resolved(dicomweb_client):
+    ds = read_dataset(dataset_bytes(make_dataset()))
+    item = Dataset()
+    item.EncapsulatedDocument = bytes(range(256)) * 8
+    item.MIMETypeOfEncapsulatedDocument = "application/octet-stream"
+    ds.ContentSequence = [item]
+    original = read_dataset(dataset_bytes(ds))
+    bulk: dict[str, bytes] = {}
+    meta = _metadata(original, bulk)
+    assert "BulkDataURI" in meta["0040A730"]["Value"][0]["00420011"]
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps(meta).encode())] + _octet_parts(bulk))
+    _post(dicomweb_client, body)
+    _assert_same(_retrieve(dicomweb_client, original), original)
+
+
+def test_stow_json_array_of_several_instances_with_one_missing_bulk_part_is_202(dicomweb_client, dicomweb_app):
+    study = new_uid()
+    good, bad = (read_dataset(dataset_bytes(make_dataset(study_uid=study, pixel_seed=n))) for n in (1, 2))
+    bulk: dict[str, bytes] = {}
+    metas = [_metadata(good, bulk), _metadata(bad, {})]  # bad's Pixel Data part is never sent
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps(metas).encode())] + _octet_parts(bulk))
+    resp = _post(dicomweb_client, body, status=202)
+    failed = resp.json["00081198"]["Value"]
+    assert [f["00081155"]["Value"] for f in failed] == [[bad.SOPInstanceUID]]
+    assert failed[0]["00081197"]["Value"] == [0xC000]
+    assert "BulkDataURI" in resp.headers["Warning"]
+    _assert_same(_retrieve(dicomweb_client, good), good)
+    assert _spool_is_empty(dicomweb_app)
+
+
+def test_stow_json_to_other_study_is_409(dicomweb_client):
+    ds = read_dataset(dataset_bytes(make_dataset()))
+    bulk: dict[str, bytes] = {}
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([_metadata(ds, bulk)]).encode())]
+                 + _octet_parts(bulk))
+    resp = _post(dicomweb_client, body, status=409, url=f"/studies/{new_uid()}")
+    assert resp.json["00081198"]["Value"][0]["00081155"]["Value"] == [ds.SOPInstanceUID]
+
+
+def test_stow_json_non_latin_text_stored_as_utf8(dicomweb_client):
+    ds = read_dataset(dataset_bytes(make_dataset()))
+    ds.PatientName = "Wang^XiaoDong=王^小東"  # not in the declared ISO_IR 100
+    meta = ds.to_json_dict(bulk_data_threshold=1 << 30)
+    _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode())]))
+    got = _retrieve(dicomweb_client, ds)
+    assert got.SpecificCharacterSet == "ISO_IR 192"
+    assert str(got.PatientName) == "Wang^XiaoDong=王^小東"
+    assert np.array_equal(got.pixel_array, ds.pixel_array)
+
+
+def test_stow_json_content_id_reference_resolved(dicomweb_client):
+    original = read_dataset(dataset_bytes(make_dataset()))
+    meta = original.to_json_dict(bulk_data_threshold=1 << 30)
+    meta["7FE00010"] = {"vr": "OW", "BulkDataURI": "cid:pixels@client"}
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode()),
+                  ({"Content-Type": "application/octet-stream", "Content-ID": "<pixels@client>"},
+                   original.PixelData)])
+    _post(dicomweb_client, body)
+    _assert_same(_retrieve(dicomweb_client, original), original)
+
+
+# -- compressed pixel data parts -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, media_type, syntax, keep", [
+    ("SC_rgb_jpeg_dcmtk.dcm", "image/jpeg", "1.2.840.10008.1.2.4.50", ()),
+    ("JPGExtended.dcm", "image/jpeg", "1.2.840.10008.1.2.4.51", ("00280004",)),
+    ("SC_rgb_jpeg_gdcm.dcm", "image/jpeg", "1.2.840.10008.1.2.4.70", ()),
+    ("MR_small_jpeg_ls_lossless.dcm", "image/jls", "1.2.840.10008.1.2.4.80", ("00280103",)),
+    ("JPEGLSNearLossless_16.dcm", "image/jls", "1.2.840.10008.1.2.4.81", ()),
+    ("MR_small_jp2klossless.dcm", "image/jp2", "1.2.840.10008.1.2.4.90", ()),
+    ("JPEG2000.dcm", "image/jp2", "1.2.840.10008.1.2.4.91", ()),
+])
+def test_stow_compressed_pixel_part_encapsulated_with_derived_description(dicomweb_client, name, media_type,
+                                                                         syntax, keep):
+    original = _original(name)
+    original.StudyInstanceUID, original.SeriesInstanceUID = new_uid(), new_uid()  # some files have bad UIDs
+    frame = next(generate_frames(original.PixelData, number_of_frames=1))
+    meta = original.to_json_dict(bulk_data_threshold=1 << 30)
+    for tag in PIXEL_DESCRIPTION:
+        if tag not in keep:
+            meta.pop(tag, None)
+    meta["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://client.example/pixels"}
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode()),
+                  ({"Content-Type": media_type, "Content-Location": "https://client.example/pixels"}, frame)])
+    _post(dicomweb_client, body)
+    got = _retrieve(dicomweb_client, original)
+    assert got.file_meta.TransferSyntaxUID == syntax
+    for keyword in ("Rows", "Columns", "SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                    "PhotometricInterpretation"):
+        assert got[keyword].value == original[keyword].value, keyword
+    assert next(generate_frames(got.PixelData, number_of_frames=1)) == frame
+    assert np.array_equal(got.pixel_array, original.pixel_array)
+
+
+def test_stow_compressed_multiframe_parts_by_frame_location(dicomweb_client):
+    original = _original("examples_ybr_color.dcm")
+    frames = list(generate_frames(original.PixelData, number_of_frames=30))
+    meta = original.to_json_dict(bulk_data_threshold=1 << 30)
+    meta["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://client.example/px"}
+    bulk = [({"Content-Type": "image/jpeg", "Content-Location": f"https://client.example/px/frames/{n}"},
+             frames[n - 1]) for n in reversed(range(1, 31))]
+    _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode())]
+                                 + bulk))
+    got = _retrieve(dicomweb_client, original)
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    assert list(generate_frames(got.PixelData, number_of_frames=30)) == frames
+    _assert_same(got, original)
+
+
+def test_stow_rle_part_with_description_in_metadata(dicomweb_client):
+    original = _original("MR_small_RLE.dcm")
+    frame = next(generate_frames(original.PixelData, number_of_frames=1))
+    meta = original.to_json_dict(bulk_data_threshold=1 << 30)
+    meta["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://client.example/rle"}
+    pixels = {"Content-Type": "image/dicom-rle", "Content-Location": "https://client.example/rle"}
+    _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode()),
+                                  (pixels, frame)]))
+    got = _retrieve(dicomweb_client, original)
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.5"
+    _assert_same(got, original)
+
+
+@pytest.mark.parametrize("media_type, reason", [("image/png", "image/png"),
+                                                ("image/jpeg; transfer-syntax=1.2.840.10008.1.2.5", "does not match")])
+def test_stow_unusable_pixel_part_fails_that_instance(dicomweb_client, media_type, reason):
+    original = _original("SC_rgb_jpeg_dcmtk.dcm")
+    meta = original.to_json_dict(bulk_data_threshold=1 << 30)
+    meta["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://client.example/p"}
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode()),
+                  ({"Content-Type": media_type, "Content-Location": "https://client.example/p"}, b"\x89PNG....")])
+    resp = _post(dicomweb_client, body, status=409)
+    assert resp.json["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert reason in resp.headers["Warning"]
+
+
+def test_stow_frame_count_mismatch_fails_that_instance(dicomweb_client):
+    original = _original("examples_ybr_color.dcm")
+    frames = list(generate_frames(original.PixelData, number_of_frames=30))
+    meta = original.to_json_dict(bulk_data_threshold=1 << 30)
+    meta["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://client.example/px"}
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode()),
+                  ({"Content-Type": "image/jpeg", "Content-Location": "https://client.example/px"}, frames[0])])
+    resp = _post(dicomweb_client, body, status=409)
+    assert "NumberOfFrames is 30" in resp.headers["Warning"]
+
+
+# -- XML -------------------------------------------------------------------------------------------
+
+def test_stow_xml_parts_with_bulk_round_trip(dicomweb_client):
+    study = new_uid()
+    originals = [read_dataset(dataset_bytes(make_dataset(study_uid=study, pixel_seed=n, InstanceNumber=n)))
+                 for n in (1, 2)]
+    bulk: dict[str, bytes] = {}
+    parts = [({"Content-Type": "application/dicom+xml"}, dicomjson.json_to_xml(_metadata(ds, bulk)))
+             for ds in originals]
+    assert b"<BulkData uri=" in parts[0][1]
+    resp = _post(dicomweb_client, _body(parts + _octet_parts(bulk)), content_type=XML_TYPE)
+    assert len(resp.json["00081199"]["Value"]) == 2
+    for original in originals:
+        _assert_same(_retrieve(dicomweb_client, original, "1.2.840.10008.1.2.1"), original)
+
+
+def test_stow_xml_with_entity_declaration_is_400(dicomweb_client, dicomweb_app):
+    xml = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]>'
+           b'<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM">&a;</NativeDicomModel>')
+    resp = _post(dicomweb_client, _body([({"Content-Type": "application/dicom+xml"}, xml)]),
+                 content_type=XML_TYPE, status=400)
+    assert "DTD" in resp.text
+    assert _spool_is_empty(dicomweb_app)
+
+
+# -- malformed requests ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("parts, reason", [
+    ([({"Content-Type": "application/dicom+json"}, b"[{not json")], "not valid DICOM JSON"),
+    ([({"Content-Type": "application/dicom+json"}, b"[1, 2]")], "array of objects"),
+    ([({"Content-Type": "application/octet-stream", "Content-Location": "x"}, b"\x00\x00")],
+     "no application/dicom+json"),
+    ([({"Content-Type": "application/dicom+json"}, b"[]"), ({"Content-Type": "application/octet-stream"}, b"12")],
+     "Content-Location"),
+])
+def test_stow_json_malformed_request_is_400(dicomweb_client, dicomweb_app, parts, reason):
+    resp = _post(dicomweb_client, _body(parts), status=400)
+    assert reason in resp.text
+    assert _spool_is_empty(dicomweb_app)
+
+
+def test_stow_json_instance_without_sop_uids_fails(dicomweb_client):
+    meta = {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Doe^Jane"}]}}
+    resp = _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode())]),
+                 status=409)
+    assert resp.json["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
