@@ -88,7 +88,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import PersonName, format_number_as_ds
 
-from dicomweb_wsgi.errors import BadRequest
+from .errors import BadRequest
 
 __all__ = [
     "BASE_PLACEHOLDER",

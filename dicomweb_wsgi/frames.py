@@ -24,7 +24,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from dicomweb_wsgi.errors import NotFound
+from .errors import NotFound
 
 __all__ = ["FrameLayout", "scan_layout", "read_frame", "iter_frames"]
 

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_plus
 
-from dicomweb_wsgi.errors import BadRequest
+from .errors import BadRequest
 
 __all__ = [
     "MediaType",

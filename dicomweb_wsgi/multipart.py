@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import BinaryIO
 
-from dicomweb_wsgi.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
-from dicomweb_wsgi.mediatypes import MediaType, parse_media_type
+from .errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from .mediatypes import MediaType, parse_media_type
 
 __all__ = [
     "Part",

@@ -23,8 +23,8 @@ from pydicom.pixels import get_decoder
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from dicomweb_wsgi.errors import BadRequest, DicomWebError, NotAcceptable, NotFound
-from dicomweb_wsgi.transcode import dataset_syntax
+from .errors import BadRequest, DicomWebError, NotAcceptable, NotFound
+from .transcode import dataset_syntax
 
 __all__ = ["RenderParams", "RENDERED_MEDIA_TYPES", "parse_rendered_query",
            "parse_wado_uri_rendering", "render_frame", "thumbnail", "frame_pixels", "encode_image"]

@@ -37,8 +37,8 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import as_pixel_options, get_decoder, get_encoder, pack_bits
 from pydicom.uid import UID
 
-from dicomweb_wsgi.errors import DicomWebError, NotAcceptable, NotFound
-from dicomweb_wsgi.frames import FrameLayout, read_frame, scan_layout
+from .errors import DicomWebError, NotAcceptable, NotFound
+from .frames import FrameLayout, read_frame, scan_layout
 
 __all__ = [
     "EXPLICIT_VR_LE", "IMPLICIT_VR_LE", "EXPLICIT_VR_BE", "DEFLATED", "MEDIA_TYPE_SYNTAXES",

@@ -10,18 +10,16 @@ Column names come only from ``model.INDEXED``; values are always bound parameter
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from ..model import INDEXED, INDEXED_BY_TAG, Level, fold_text
 from .base import (AddResult, Condition, DuplicatePolicy, InstanceRecord, MatchKind, MAX_PN_COMPONENTS,
-                   NUMERIC_VRS, Outcome, SearchQuery, SearchResult, SearchRow, StorageError, StorageFull,
+                   NUMERIC_VRS, Outcome, SearchQuery, SearchResult, SearchRow, StorageError,
                    StoredInstance)
+from .sqlite_db import SqliteDatabase
 
 STUDY_COLUMNS = [a.column for a in INDEXED if a.level is Level.STUDY and a.column != "study_uid"]
 SERIES_COLUMNS = [a.column for a in INDEXED if a.level is Level.SERIES and a.column != "series_uid"]
@@ -102,10 +100,6 @@ CREATE INDEX study_other_name_groups ON study(pk)
 MIGRATIONS: list[str] = [_migration_1(), _MIGRATION_2]
 
 
-def _is_full(exc: sqlite3.Error) -> bool:
-    return "full" in str(exc).lower()
-
-
 def _dw_match(element_json: str | None, key: str) -> int:
     """SQL function ``dw_match(element JSON, condition key)``: the reference matcher, for attributes
     that have no column of their own (and for sequences, fuzzy and non-Alphabetic person names)."""
@@ -144,93 +138,14 @@ _ORDER_SERIES = "CAST(s.series_number AS INTEGER), s.pk"
 _ORDER_INSTANCE = "CAST(i.instance_number AS INTEGER), i.pk"
 
 
-class SqliteIndex:
+class SqliteIndex(SqliteDatabase):
     """IndexStore on one SQLite file, safe for many threads and processes."""
 
     def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30000) -> None:
-        self.path = os.path.abspath(path)
-        self.synchronous = synchronous.upper()
-        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"invalid synchronous mode {synchronous!r}")
-        self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self.migrate()
-
-    # -- connections -----------------------------------------------------------------------
-    def connection(self) -> sqlite3.Connection:
-        """This thread's connection (created on first use)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_ms / 1000)
-            conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA cache_size=-16000")
-            conn.row_factory = sqlite3.Row
-            # QIDO matching of attributes without a column runs the reference matcher (base.Condition).
-            conn.create_function("dw_match", 2, _dw_match, deterministic=True)
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._all.clear()
-        self._local = threading.local()
-
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-        conn = self.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"index unavailable: {exc}") from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.Error):
-                if _is_full(exc):
-                    raise StorageFull(f"index: {exc}") from exc
-                raise StorageError(f"index write failed: {exc}") from exc
-            raise
-
-    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            return self.connection().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"index read failed: {exc}") from exc
-
-    def migrate(self) -> None:
-        """Bring the schema to the newest version; each migration in its own transaction."""
-        with self.write() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise StorageError(f"index schema version {version} is newer than this program "
-                                   f"({len(MIGRATIONS)}); upgrade dicomweb_wsgi")
-            for number in range(version + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
-
-    def schema_version(self) -> int:
-        return int(self.read("PRAGMA user_version")[0][0])
+        # QIDO matching of attributes without a column runs the reference matcher (base.Condition).
+        super().__init__(path, migrations=MIGRATIONS, name="index", synchronous=synchronous,
+                         busy_timeout_ms=busy_timeout_ms, functions={"dw_match": (2, _dw_match)},
+                         pragmas=("foreign_keys=ON", "cache_size=-16000"))
 
     # -- writes ------------------------------------------------------------------------------
     def add_instances(self, records: Sequence[InstanceRecord], policy: DuplicatePolicy) -> list[AddResult]:

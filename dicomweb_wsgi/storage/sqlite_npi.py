@@ -15,15 +15,13 @@ IMMEDIATE`` for writes, numbered migrations against ``PRAGMA user_version``. Val
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-from .base import AddResult, Condition, DuplicatePolicy, Outcome, StorageError, StorageFull
+from .base import AddResult, Condition, DuplicatePolicy, Outcome
+from .sqlite_db import SqliteDatabase
 
 
 @dataclass(frozen=True)
@@ -79,87 +77,12 @@ def _npi_match(metadata_json: str, condition_key: str) -> int:
         return 0
 
 
-class NpiIndex:
+class NpiIndex(SqliteDatabase):
     """The NPI index on one SQLite file, safe for many threads and processes."""
 
     def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30000) -> None:
-        self.path = os.path.abspath(path)
-        self.synchronous = synchronous.upper()
-        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"invalid synchronous mode {synchronous!r}")
-        self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._open: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._migrate()
-
-    # -- connections -----------------------------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_ms / 1000)
-            for pragma in (f"busy_timeout={int(self.busy_timeout_ms)}", "journal_mode=WAL",
-                           f"synchronous={self.synchronous}"):
-                conn.execute("PRAGMA " + pragma)
-            conn.create_function("npi_match", 2, _npi_match, deterministic=True)
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._lock:
-                self._open.append(conn)
-        return conn
-
-    def close(self) -> None:
-        """Close every thread's connection."""
-        with self._lock:
-            for conn in self._open:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._open.clear()
-        self._local = threading.local()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"NPI index unavailable: {exc}") from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if not isinstance(exc, sqlite3.Error):
-                raise
-            if "full" in str(exc).lower():
-                raise StorageFull(f"NPI index: {exc}") from exc
-            raise StorageError(f"NPI index write failed: {exc}") from exc
-
-    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            return self._connection().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"NPI index read failed: {exc}") from exc
-
-    def _migrate(self) -> None:
-        with self._transaction() as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(_MIGRATIONS):
-                raise StorageError(f"NPI index schema version {version} is newer than this program "
-                                   f"({len(_MIGRATIONS)}); upgrade dicomweb_wsgi")
-            for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
-
-    def schema_version(self) -> int:
-        return int(self._rows("PRAGMA user_version")[0][0])
+        super().__init__(path, migrations=_MIGRATIONS, name="NPI index", synchronous=synchronous,
+                         busy_timeout_ms=busy_timeout_ms, functions={"npi_match": (2, _npi_match)})
 
     # -- writes ------------------------------------------------------------------------------
     def add(self, records: Sequence[NpiRecord], policy: DuplicatePolicy) -> list[AddResult]:
@@ -169,7 +92,7 @@ class NpiIndex:
         Instance UID names one instance, and its SOP class decides its resource.
         """
         now = time.time()
-        with self._transaction() as conn:
+        with self.write() as conn:
             return [self._add_one(conn, rec, policy, now) for rec in records]
 
     @staticmethod
@@ -192,7 +115,7 @@ class NpiIndex:
     # -- reads -------------------------------------------------------------------------------
     def get(self, resource: str, sop_uid: str) -> NpiInstance | None:
         """The instance ``sop_uid`` of ``resource``, or None."""
-        rows = self._rows(f"{_SELECT} WHERE i.resource=? AND i.sop_uid=?", (resource, sop_uid))
+        rows = self.read(f"{_SELECT} WHERE i.resource=? AND i.sop_uid=?", (resource, sop_uid))
         return _instance(rows[0]) if rows else None
 
     def search(self, resource: str, conditions: Sequence[Condition], limit: int | None,
@@ -205,7 +128,7 @@ class NpiIndex:
         where: list[str] = ["i.resource=?"] + ["npi_match(i.metadata_json, ?)"] * len(conditions)
         params: list[Any] = [resource, *(c.key() for c in conditions)]
         clause = " AND ".join(where)
-        total = int(self._rows(f"SELECT count(*) FROM npi_instance i WHERE {clause}", params)[0][0])
+        total = int(self.read(f"SELECT count(*) FROM npi_instance i WHERE {clause}", params)[0][0])
         page = ""
         if limit is not None:
             page = " LIMIT ? OFFSET ?"
@@ -213,12 +136,12 @@ class NpiIndex:
         elif offset:
             page = " LIMIT -1 OFFSET ?"
             params += [offset]
-        rows = self._rows(f"{_SELECT} WHERE {clause} ORDER BY i.pk{page}", params)
+        rows = self.read(f"{_SELECT} WHERE {clause} ORDER BY i.pk{page}", params)
         return [_instance(r) for r in rows], total
 
     def blob_keys(self) -> set[str]:
         """Every blob key the index points at (for gc)."""
-        return {r[0] for r in self._rows("SELECT blob_key FROM npi_instance")}
+        return {r[0] for r in self.read("SELECT blob_key FROM npi_instance")}
 
 
 def _instance(row: sqlite3.Row) -> NpiInstance:

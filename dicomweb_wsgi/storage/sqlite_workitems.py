@@ -17,14 +17,13 @@ import json
 import os
 import re
 import sqlite3
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
 from ..model import fold_text
-from .base import (AttributeMatch, NewEvent, OutboxEvent, StorageError, StorageFull, WorkitemChange,
-                   WorkitemRecord)
+from .base import AttributeMatch, NewEvent, OutboxEvent, WorkitemChange, WorkitemRecord
+from .sqlite_db import SqliteDatabase
 
 # Attributes with their own column: tag -> column. Column names in SQL come only from here.
 COLUMNS: dict[str, str] = {
@@ -88,97 +87,28 @@ CREATE INDEX event_created_at ON event(created_at);
 MIGRATIONS: list[str] = [_migration_1()]
 
 
-class SqliteWorkitemStore:
+class SqliteWorkitemStore(SqliteDatabase):
     """WorkitemStore on one SQLite file, safe for many threads and processes."""
 
     def __init__(self, path: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 30000,
                  event_retention_s: float = 7 * 86400, max_pending: int = 10000,
                  final_retention_s: float = 7 * 86400) -> None:
-        self.path = os.path.abspath(path)
-        self.synchronous = synchronous.upper()
-        if self.synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"invalid synchronous mode {synchronous!r}")
-        self.busy_timeout_ms = busy_timeout_ms
         self.event_retention_s = event_retention_s
         self.max_pending = max_pending
         self.final_retention_s = final_retention_s
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
-        self._migrate()
-
-    # -- connections and transactions -----------------------------------------------------------
-    def _connection(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_ms / 1000)
-            for pragma in (f"busy_timeout={int(self.busy_timeout_ms)}", "journal_mode=WAL",
-                           f"synchronous={self.synchronous}"):
-                conn.execute("PRAGMA " + pragma)
-            conn.row_factory = sqlite3.Row
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
-    def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._connections.clear()
-        self._local = threading.local()
+        super().__init__(path, migrations=MIGRATIONS, name="workitem store", synchronous=synchronous,
+                         busy_timeout_ms=busy_timeout_ms)
 
     @contextmanager
     def _tx(self) -> Iterator[_Tx]:
-        """BEGIN IMMEDIATE ... COMMIT; listeners are told after a commit that queued events."""
-        conn = self._connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"workitem store unavailable: {exc}") from exc
-        tx = _Tx(conn, self)
-        try:
+        """A write transaction; listeners are told after a commit that queued events."""
+        with self.write() as conn:
+            tx = _Tx(conn, self)
             yield tx
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.Error):
-                if "full" in str(exc).lower():
-                    raise StorageFull(f"workitem store: {exc}") from exc
-                raise StorageError(f"workitem store write failed: {exc}") from exc
-            raise
         if tx.queued:
             for listener in list(self._listeners):
                 listener()
-
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        try:
-            return self._connection().execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise StorageError(f"workitem store read failed: {exc}") from exc
-
-    def _migrate(self) -> None:
-        with self._tx() as tx:
-            version = tx.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > len(MIGRATIONS):
-                raise StorageError(f"workitem schema version {version} is newer than this program "
-                                   f"({len(MIGRATIONS)}); upgrade dicomweb_wsgi")
-            for number in range(version + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        tx.conn.execute(statement)
-                tx.conn.execute(f"PRAGMA user_version={number}")
-
-    def schema_version(self) -> int:
-        return int(self._read("PRAGMA user_version")[0][0])
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
@@ -204,10 +134,10 @@ class SqliteWorkitemStore:
         return True
 
     def get(self, uid: str) -> WorkitemRecord | None:
-        rows = self._read("SELECT * FROM workitem WHERE uid=?", (uid,))
+        rows = self.read("SELECT * FROM workitem WHERE uid=?", (uid,))
         if not rows:
             return None
-        subs = self._read("SELECT ae FROM subscription WHERE workitem_uid=? ORDER BY ae", (uid,))
+        subs = self.read("SELECT ae FROM subscription WHERE workitem_uid=? ORDER BY ae", (uid,))
         return _record(rows[0], tuple(r[0] for r in subs))
 
     def change(self, uid: str, decide: Callable[[WorkitemRecord], WorkitemChange]) -> WorkitemChange | None:
@@ -232,7 +162,7 @@ class SqliteWorkitemStore:
         where, params = _prefilter(matches)
         found: list[WorkitemRecord] = []
         total = 0
-        for row in self._read(f"SELECT * FROM workitem WHERE {where} ORDER BY pk", params):
+        for row in self.read(f"SELECT * FROM workitem WHERE {where} ORDER BY pk", params):
             if not dataset_matches(json.loads(row["attrs_json"]), matches):
                 continue
             total += 1
@@ -293,7 +223,7 @@ class SqliteWorkitemStore:
 
     def subscribers(self) -> set[str]:
         """Every AE with a global or workitem subscription."""
-        rows = self._read("SELECT ae FROM global_subscription UNION SELECT ae FROM subscription")
+        rows = self.read("SELECT ae FROM global_subscription UNION SELECT ae FROM subscription")
         return {r[0] for r in rows}
 
     # -- event outbox ------------------------------------------------------------------------------
@@ -306,7 +236,7 @@ class SqliteWorkitemStore:
         return len(aes)
 
     def pending_events(self, ae: str, limit: int) -> list[OutboxEvent]:
-        rows = self._read("SELECT seq, ae, workitem_uid, event_type, attrs_json, created_at FROM event "
+        rows = self.read("SELECT seq, ae, workitem_uid, event_type, attrs_json, created_at FROM event "
                           "WHERE ae=? ORDER BY seq LIMIT ?", (ae, limit))
         return [OutboxEvent(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
 

@@ -139,6 +139,8 @@ def _read_metadata(part: Part, part_type: str, number: int) -> list[dict[str, An
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"part {number}: not valid DICOM JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest(f"part {number}: DICOM JSON nested too deeply") from None
     items = value if isinstance(value, list) else [value]
     if not all(isinstance(item, dict) for item in items):
         raise BadRequest(f"part {number}: DICOM JSON must be an array of objects (PS3.18 F.2)")

@@ -1,0 +1,118 @@
+"""One SQLite file as every SQLite store here uses it: durable, many threads, many processes.
+
+WAL journal with ``synchronous=FULL`` by default (a committed transaction survives a power cut);
+one connection per thread (waitress runs the app in several); ``BEGIN IMMEDIATE`` for writes, so
+writers queue on the busy timeout instead of failing half-way; numbered migrations against
+``PRAGMA user_version``. SQLite errors leave as ``StorageError`` / ``StorageFull``.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
+
+from .base import StorageError, StorageFull
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# A migration is one SQL script (statements separated by ";") or a list of statements.
+Migration = str | Sequence[str]
+
+
+class SqliteDatabase:
+    """The connection, transaction and migration machinery shared by the SQLite stores."""
+
+    def __init__(self, path: str, *, migrations: Sequence[Migration], name: str = "index",
+                 synchronous: str = "FULL", busy_timeout_ms: int = 30000,
+                 functions: dict[str, tuple[int, Callable[..., Any]]] | None = None,
+                 pragmas: Sequence[str] = ()) -> None:
+        self.path = os.path.abspath(path)
+        self.name = name
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise ValueError(f"invalid synchronous mode {synchronous!r}")
+        self.busy_timeout_ms = busy_timeout_ms
+        self.migrations = list(migrations)
+        self._functions = dict(functions or {})
+        self._pragmas = tuple(pragmas)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self.migrate()
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (created on first use)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000)
+            for pragma in (f"busy_timeout={int(self.busy_timeout_ms)}", "journal_mode=WAL",
+                           f"synchronous={self.synchronous}", *self._pragmas):
+                conn.execute("PRAGMA " + pragma)
+            for fname, (nargs, func) in self._functions.items():
+                conn.create_function(fname, nargs, func, deterministic=True)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        conn = self.connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.name} unavailable: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            if isinstance(exc, sqlite3.Error):
+                if "full" in str(exc).lower():
+                    raise StorageFull(f"{self.name}: {exc}") from exc
+                raise StorageError(f"{self.name} write failed: {exc}") from exc
+            raise
+
+    def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Run a query on this thread's connection; SQLite errors become StorageError."""
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StorageError(f"{self.name} read failed: {exc}") from exc
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest version, in one transaction."""
+        with self.write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(self.migrations):
+                raise StorageError(f"{self.name} schema version {version} is newer than this program "
+                                   f"({len(self.migrations)}); upgrade dicomweb_wsgi")
+            for number in range(version + 1, len(self.migrations) + 1):
+                migration = self.migrations[number - 1]
+                statements = migration.split(";") if isinstance(migration, str) else migration
+                for statement in statements:
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+
+    def schema_version(self) -> int:
+        return int(self.read("PRAGMA user_version")[0][0])
