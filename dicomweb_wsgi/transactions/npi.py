@@ -43,23 +43,23 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import pydicom
 
 from .. import dicomjson, transcode
-from ..errors import BadRequest, DicomStatus, NotAcceptable, NotFound, UnsupportedMediaType
+from ..errors import BadRequest, DicomStatus, NotAcceptable, NotFound
 from ..http import Request, Response, iter_file
 from ..ingest import add_missing_preamble
-from ..mediatypes import Offer, negotiate, parse_media_type
+from ..mediatypes import Offer, negotiate
 from ..model import NPI_RESOURCES, is_valid_uid
-from ..multipart import multipart_content_type, new_boundary, read_multipart, write_multipart
+from ..multipart import multipart_content_type, new_boundary, write_multipart
 from ..query import parse_search, resolve_tag
 from ..storage.base import Outcome, StorageError
 from ..storage.sqlite_npi import NpiInstance, NpiRecord
-from .wado import _transcoded
+from .stow import uploaded_files
+from .wado import transcoded
 
 log = logging.getLogger("dicomweb_wsgi.npi")
 
@@ -205,46 +205,6 @@ def store_npi_instances(req: Request, resource: str, sop_uid: str | None = None)
     if not outcomes:
         raise BadRequest("the request contains no parts")
     return _store_response(req, resource, outcomes, selection.offer.media_type, selection.offer.multipart)
-
-
-def uploaded_files(req: Request, spool_dir: str) -> Iterator[str]:
-    """The spooled files of a Store request body: each part of ``multipart/related;
-    type="application/dicom"``, or a single ``application/dicom`` body (415 for anything else)."""
-    raw_type = req.header("Content-Type")
-    if not raw_type:
-        raise UnsupportedMediaType("missing Content-Type; expected multipart/related; type=\"application/dicom\"")
-    content_type = parse_media_type(raw_type)
-    settings = req.ctx.settings
-    if content_type.type not in ("multipart/related", "application/dicom"):
-        raise UnsupportedMediaType(f"{content_type.type} is not supported; expected "
-                                   "multipart/related; type=\"application/dicom\"")
-    part_type = (content_type.get("type") or "application/dicom").split(";")[0].strip().lower()
-    if part_type != "application/dicom":
-        raise UnsupportedMediaType(f"multipart/related type {part_type!r} is not supported; "
-                                   "use type=\"application/dicom\"")
-    stream, length = req.body_stream(settings.max_request_body)
-    if content_type.type == "application/dicom":
-        return iter([_spool(stream, length, spool_dir)])
-    parts = read_multipart(stream, content_type, spool_dir=spool_dir, content_length=length,
-                           max_parts=settings.max_parts, max_part_size=settings.max_part_size)
-    return (part.path for part in parts)
-
-
-def _spool(stream: BinaryIO, length: int | None, spool_dir: str) -> str:
-    fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while length is None or out.tell() < length:
-                chunk = stream.read(1 << 20 if length is None else min(1 << 20, length - out.tell()))
-                if not chunk:
-                    break
-                out.write(chunk)
-            if length is not None and out.tell() < length:
-                raise BadRequest("request body shorter than its Content-Length")
-    except BaseException:
-        _unlink(path)
-        raise
-    return path
 
 
 def _prepare(path: str, resource: str, target_uid: str | None) -> NpiRecord:
@@ -419,7 +379,7 @@ def retrieve_npi_instance(req: Request, resource: str, sop_uid: str) -> Response
         fh: BinaryIO = open(path, "rb")
         length = os.fstat(fh.fileno()).st_size
     else:
-        fh, length = _transcoded(path, ts)  # before the status goes out, so a failure is still a 406
+        fh, length = transcoded(path, ts)  # before the status goes out, so a failure is still a 406
     if not offer.multipart:
         return Response(content_type=part_type, file=fh, file_length=length)
     boundary = new_boundary()

@@ -23,8 +23,8 @@ from .. import dicomjson
 from ..archive import StoreResult
 from ..errors import BadRequest, DicomStatus, NotAcceptable, UnsupportedMediaType
 from ..http import Request, Response
-from ..mediatypes import Offer, negotiate, parse_media_type
-from ..multipart import read_multipart, spool_error
+from ..mediatypes import MediaType, Offer, negotiate, parse_media_type
+from ..multipart import Part, read_multipart, spool_error
 from . import stow_bulk
 
 RESPONSE_OFFERS = (
@@ -40,33 +40,17 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
     selection = negotiate(req.accept, RESPONSE_OFFERS)
     if selection is None:
         raise NotAcceptable("STOW-RS responses are application/dicom+json or application/dicom+xml")
-    raw_type = req.header("Content-Type")
-    if not raw_type:
-        raise UnsupportedMediaType("missing Content-Type; expected multipart/related; type=\"application/dicom\"")
-    content_type = parse_media_type(raw_type)
-    settings = req.ctx.settings
-    archive = req.ctx.archive
-    stream, length = req.body_stream(settings.max_request_body)
+    content_type = _content_type(req)
+    spool_dir = req.ctx.archive.blobs.spool_dir
     built: list[str] = []
     early: list[StoreResult] = []
-    if content_type.type == "multipart/related":
-        part_type = (content_type.get("type") or "application/dicom").split(";")[0].strip().lower()
-        if part_type != "application/dicom" and part_type not in stow_bulk.METADATA_TYPES:
-            raise UnsupportedMediaType(f"multipart/related type {part_type!r} is not supported; "
-                                       "use type=\"application/dicom\", \"application/dicom+json\" or "
-                                       "\"application/dicom+xml\"")
-        parts = read_multipart(stream, content_type, spool_dir=archive.blobs.spool_dir, content_length=length,
-                               max_parts=settings.max_parts, max_part_size=settings.max_part_size)
-        if part_type in stow_bulk.METADATA_TYPES:
-            built, early = stow_bulk.build_instances(parts, part_type, archive.blobs.spool_dir)
-            paths: Iterator[str] = iter(built)
-        else:
-            paths = (part.path for part in parts)
-    elif content_type.type == "application/dicom":
-        paths = iter([_spool_body(stream, length, archive.blobs.spool_dir)])
+    part_type = _related_type(content_type)
+    if content_type.type == "multipart/related" and part_type in stow_bulk.METADATA_TYPES:
+        built, early = stow_bulk.build_instances(_read_parts(req, content_type, spool_dir), part_type, spool_dir)
+        paths: Iterator[str] = iter(built)
     else:
-        raise UnsupportedMediaType(f"{content_type.type} is not supported; expected "
-                                   "multipart/related; type=\"application/dicom\"")
+        paths = uploaded_files(req, spool_dir, content_type)
+    archive = req.ctx.archive
     results: list[StoreResult] = list(early)
     try:
         for result in archive.store_files(paths, expected_study=study_uid):
@@ -80,6 +64,42 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
     if not results:
         raise BadRequest("the request contains no parts")
     return _response(req, results, study_uid, selection.offer.media_type, selection.offer.multipart)
+
+
+def uploaded_files(req: Request, spool_dir: str, content_type: MediaType | None = None) -> Iterator[str]:
+    """The spooled files of a PS3.10 Store body: each part of ``multipart/related;
+    type="application/dicom"``, or a single ``application/dicom`` body; 415 for anything else."""
+    content_type = content_type or _content_type(req)
+    if content_type.type == "application/dicom":
+        stream, length = req.body_stream(req.ctx.settings.max_request_body)
+        return iter([_spool_body(stream, length, spool_dir)])
+    if content_type.type != "multipart/related":
+        raise UnsupportedMediaType(f"{content_type.type} is not supported; expected "
+                                   "multipart/related; type=\"application/dicom\"")
+    part_type = _related_type(content_type)
+    if part_type != "application/dicom":
+        raise UnsupportedMediaType(f"multipart/related type {part_type!r} is not supported here; "
+                                   "use type=\"application/dicom\"")
+    return (part.path for part in _read_parts(req, content_type, spool_dir))
+
+
+def _content_type(req: Request) -> MediaType:
+    raw_type = req.header("Content-Type")
+    if not raw_type:
+        raise UnsupportedMediaType("missing Content-Type; expected multipart/related; type=\"application/dicom\"")
+    return parse_media_type(raw_type)
+
+
+def _related_type(content_type: MediaType) -> str:
+    """The ``type`` parameter of a multipart/related body (``application/dicom`` when absent)."""
+    return (content_type.get("type") or "application/dicom").split(";")[0].strip().lower()
+
+
+def _read_parts(req: Request, content_type: MediaType, spool_dir: str) -> Iterator[Part]:
+    settings = req.ctx.settings
+    stream, length = req.body_stream(settings.max_request_body)
+    return read_multipart(stream, content_type, spool_dir=spool_dir, content_length=length,
+                          max_parts=settings.max_parts, max_part_size=settings.max_part_size)
 
 
 def _spool_body(stream, length: int | None, spool_dir: str) -> str:

@@ -3,7 +3,8 @@
 Supports: ``multipart/related; type="application/dicom"`` (default) for study, series and instance,
 and single-part ``application/dicom`` for an instance; the ``transfer-syntax`` parameter (a UID or
 ``*``); Accept lists with q-values and the ``accept`` query parameter. Responses are streamed from
-the stored files; a single untouched file goes out through ``wsgi.file_wrapper``.
+the stored files; when no instance needs transcoding, the whole body (one file, or the files
+between multipart framing bytes) goes out with a Content-Length through ``wsgi.file_wrapper``.
 
 Transfer syntaxes (PS3.18 §8.7.3): with no ``transfer-syntax``, Explicit VR Little Endian is sent,
 transcoding when needed. ``*`` sends the stored syntax, except that Implicit VR Little Endian and
@@ -18,9 +19,9 @@ from typing import BinaryIO, Iterator
 
 from .. import transcode
 from ..errors import NotAcceptable, NotFound
-from ..http import Request, Response, iter_file
+from ..http import Request, Response, SplicedFile, iter_file
 from ..mediatypes import Offer, Selection, negotiate
-from ..multipart import multipart_content_type, new_boundary, write_multipart
+from ..multipart import multipart_content_type, multipart_segments, new_boundary, write_multipart
 from ..storage.base import StoredInstance
 
 NEVER_SENT = frozenset({transcode.IMPLICIT_VR_LE, transcode.EXPLICIT_VR_BE})
@@ -88,10 +89,21 @@ def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_o
         if ts == inst.transfer_syntax:
             return Response.for_file(archive.path(inst), content_type)
         # Transcode before the status is sent, so a failure is still an error response.
-        spool, length = _transcoded(archive.path(inst), ts)
+        spool, length = transcoded(archive.path(inst), ts)
         return Response(content_type=content_type, file=spool, file_length=length)
     boundary = new_boundary()
     base = req.base_url
+    params = {}
+    if selection.transfer_syntax:
+        params["transfer-syntax"] = selection.transfer_syntax
+    content_type = multipart_content_type("application/dicom", boundary, **params)
+    if all(target_syntax(i.transfer_syntax, selection.transfer_syntax) == i.transfer_syntax for i in instances):
+        # Nothing to transcode: the body is the stored files between framing bytes, sent with a
+        # Content-Length through wsgi.file_wrapper.
+        body = SplicedFile(multipart_segments(
+            ((_part_headers(inst, inst.transfer_syntax, base), (archive.path(inst), 0, inst.size))
+             for inst in instances), boundary))
+        return Response(content_type=content_type, file=body, file_length=body.length)  # type: ignore[arg-type]
     first = instances[0]
     first_ts = target_syntax(first.transfer_syntax, selection.transfer_syntax)
     # Transcode the first instance before the status goes out, so a single-instance request that
@@ -101,28 +113,28 @@ def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_o
     rest = (_part(archive.path(inst), inst, target_syntax(inst.transfer_syntax, selection.transfer_syntax), base)
             for inst in instances[1:])
     parts = itertools.chain(head, rest)
-    params = {}
-    if selection.transfer_syntax:
-        params["transfer-syntax"] = selection.transfer_syntax
-    return Response(body=write_multipart(parts, boundary),
-                    content_type=multipart_content_type("application/dicom", boundary, **params))
+    return Response(body=write_multipart(parts, boundary), content_type=content_type)
+
+
+def _part_headers(inst: StoredInstance, ts: str, base: str) -> dict[str, str]:
+    return {
+        "Content-Type": f"application/dicom; transfer-syntax={ts}",
+        "Content-Location": f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}",
+    }
 
 
 def _part(path: str, inst: StoredInstance, ts: str, base: str,
           eager: bool = False) -> tuple[dict[str, str], Iterator[bytes]]:
-    headers = {
-        "Content-Type": f"application/dicom; transfer-syntax={ts}",
-        "Content-Location": f"{base}/studies/{inst.study_uid}/series/{inst.series_uid}/instances/{inst.sop_uid}",
-    }
+    headers = _part_headers(inst, ts, base)
     if ts == inst.transfer_syntax:
         return headers, iter_file(open(path, "rb"))
     if eager:
-        spool, length = _transcoded(path, ts)
+        spool, length = transcoded(path, ts)
         return headers, iter_file(spool, length)
     return headers, _encoded(path, ts)
 
 
-def _transcoded(path: str, ts: str) -> tuple[BinaryIO, int]:
+def transcoded(path: str, ts: str) -> tuple[BinaryIO, int]:
     """The instance re-encoded in ``ts``, in a temporary file (in memory while small)."""
     spool = tempfile.SpooledTemporaryFile(max_size=16 << 20)
     try:
@@ -137,5 +149,5 @@ def _transcoded(path: str, ts: str) -> tuple[BinaryIO, int]:
 
 def _encoded(path: str, ts: str) -> Iterator[bytes]:
     """The instance re-encoded in ``ts``, produced when the multipart body gets to it."""
-    spool, length = _transcoded(path, ts)
+    spool, length = transcoded(path, ts)
     yield from iter_file(spool, length)
