@@ -18,7 +18,7 @@ from .archive import Archive
 from .audit import acting_as
 from .auth import Authenticator
 from .config import Settings, load_settings
-from .errors import DicomWebError, MethodNotAllowed, ServiceUnavailable
+from .errors import DicomWebError, MethodNotAllowed, NotFound, ServiceUnavailable
 from .http import Request, Response, iter_file, status_line
 from .router import Router
 from .storage.base import StorageError, WorkitemStore
@@ -73,6 +73,11 @@ class DicomWebApp:
                 resp = self.handle(req)
         except DicomWebError as exc:
             resp = error_response(exc)
+        except FileNotFoundError as exc:
+            # An index row whose blob is gone: a DELETE or a replacing store won the race with this
+            # read (or the archive is damaged, which `dicomweb-wsgi check` reports).
+            log.warning("blob vanished during %s %s: %s", req.method, req.path, exc)
+            resp = error_response(NotFound("the resource was removed while it was being read"))
         except StorageError as exc:
             # The index or the disk is unavailable (locked, read-only, full): the request may succeed later.
             log.error("storage unavailable in %s %s: %s", req.method, req.path, exc)

@@ -247,6 +247,11 @@ def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
     with open(path, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
         size = fh.tell()
+    if layout is not None and layout.fragments is not None and any(
+            offset + length > size for frame in layout.fragments for offset, length in frame):
+        # An item length inside encapsulated Pixel Data (undefined length, so not checked above) lies.
+        raise IngestError(DicomStatus.CANNOT_UNDERSTAND, "truncated file: a Pixel Data fragment ends past the end",
+                          sop_class_uid=sop_class, sop_uid=sop_uid)
     bulk = [{"path": r.path, "vr": r.vr, "offset": r.offset, "length": r.length} for r in bulk_refs]
     return Prepared(
         study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, sop_class_uid=sop_class,

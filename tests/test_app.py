@@ -168,3 +168,15 @@ def test_storage_failure_is_503_not_500(dicomweb_app):
     dicomweb_app.ctx.router = Router([Route("GET", "/locked", locked)])
     resp = webtest.TestApp(dicomweb_app).get("/locked", status=503)
     assert "locked" not in resp.text and "try again" in resp.text
+
+
+def test_retrieve_racing_a_delete_is_404_not_500(dicomweb_app, dicomweb_client):
+    ds = make_dataset()
+    store(dicomweb_client, [ds])
+    inst = dicomweb_app.archive.instances(ds.StudyInstanceUID)[0]
+    import os
+
+    os.unlink(dicomweb_app.archive.path(inst))  # what a concurrent DELETE or replace leaves behind
+    resp = dicomweb_client.get(f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+                               f"{ds.SOPInstanceUID}", headers={"Accept": "application/dicom"}, status=404)
+    assert "removed" in resp.text
