@@ -16,11 +16,13 @@ an encapsulated stream whose fragments cannot be assigned to frames); callers th
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -149,6 +151,11 @@ def scan_layout(path: str, ds: Dataset | None = None) -> FrameLayout | None:
             return None
         if _transfer_syntax(ds) == _DEFLATED:
             return None
+        raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.value_tell is not None:
+            # The caller read the file with deferred values: pydicom already knows where the Pixel
+            # Data value starts, so the header need not be parsed a second time.
+            return _layout_at(path, ds, raw.value_tell, raw.length)
     with open(path, "rb") as fp:
         # stop_before_pixels leaves the file positioned on the (7FE0,0010) tag at the top level.
         try:
@@ -178,6 +185,23 @@ def scan_layout(path: str, ds: Dataset | None = None) -> FrameLayout | None:
         if length != _UNDEFINED:
             return None
         return _encapsulated_layout(fp, hdr, ts)
+
+
+def _layout_at(path: str, ds: Dataset, value_offset: int, length: int) -> FrameLayout | None:
+    """The layout of a Pixel Data value known to start at ``value_offset`` with ``length``."""
+    ts = _transfer_syntax(ds)
+    if ts is None:
+        return None
+    if ts in _NATIVE:
+        if length == _UNDEFINED:
+            return None
+        present = os.path.getsize(path) - value_offset
+        return _native_layout(ds, ts, value_offset, min(length, present))
+    if length != _UNDEFINED:
+        return None
+    with open(path, "rb") as fp:
+        fp.seek(value_offset)
+        return _encapsulated_layout(fp, ds, ts)
 
 
 def _native_layout(hdr: Dataset, ts: str, value_offset: int, length: int) -> FrameLayout | None:

@@ -109,7 +109,7 @@ def test_check_after_deleting_a_blob_reports_it_and_exits_1(archive_dir, capsys)
 
 
 def test_check_after_adding_an_orphan_reports_it_and_gc_removes_it(archive_dir, capsys):
-    orphan = os.path.join(archive_dir, "blobs", "ab", "cd", "abcd" + "0" * 28)
+    orphan = os.path.join(archive_dir, "blobs", "ab", "abcd" + "0" * 28)
     os.makedirs(os.path.dirname(orphan), exist_ok=True)
     with open(orphan, "wb") as fh:
         fh.write(b"left by a crash")
@@ -169,7 +169,7 @@ def test_reindex_after_deleting_the_database_gives_the_same_answers(archive_dir,
 
 
 def test_reindex_reports_unreadable_blob_and_keeps_it(archive_dir, capsys):
-    junk = os.path.join(archive_dir, "blobs", "ee", "ee", "eeee" + "1" * 28)
+    junk = os.path.join(archive_dir, "blobs", "ee", "eeee" + "1" * 28)
     os.makedirs(os.path.dirname(junk), exist_ok=True)
     with open(junk, "wb") as fh:
         fh.write(b"\0" * 200)

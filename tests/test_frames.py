@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.data.data_manager import DATA_ROOT
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
@@ -361,3 +362,14 @@ def test_scan_layout_file_with_implicit_body_despite_meta_is_read():
         ds = pydicom.dcmread(path)
     assert layout is not None
     assert read_frame(path, layout, 1) == next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm",
+                                  "SC_rgb_rle_2frame.dcm", "rtdose.dcm", "MR_small_bigendian.dcm",
+                                  "MR_small_implicit.dcm", "SC_rgb_jpeg_dcmtk.dcm"])
+def test_scan_layout_with_deferred_dataset_equals_reading_the_file(name):
+    path = get_testdata_file(name)
+    if path is None:
+        pytest.skip(f"{name} is not bundled")
+    ds = pydicom.dcmread(path, defer_size=256)  # how ingest reads an upload
+    assert scan_layout(path, ds) == scan_layout(path)

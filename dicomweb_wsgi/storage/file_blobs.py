@@ -33,18 +33,28 @@ def _storage_error(exc: OSError, what: str) -> StorageError:
 
 
 class FileBlobStore:
-    """Blobs as files ``<root>/ab/cd/<key>``; temporary files in ``<root>/tmp`` (same filesystem)."""
+    """Blobs as files ``<root>/ab/<key>``; temporary files in ``<root>/tmp`` (same filesystem).
+
+    The 256 fan-out folders are made (durably) when the store opens, so a store never creates a
+    folder: each blob costs one file fsync and one folder fsync.
+    """
 
     def __init__(self, root: str, *, fsync: bool = True) -> None:
         self.root = os.path.abspath(root)
         self.fsync = fsync
         self.spool_dir = os.path.join(self.root, "tmp")
         os.makedirs(self.spool_dir, exist_ok=True)
+        missing = [f"{n:02x}" for n in range(256) if not os.path.isdir(os.path.join(self.root, f"{n:02x}"))]
+        for name in missing:
+            os.makedirs(os.path.join(self.root, name), exist_ok=True)
+        if missing and fsync:
+            fsync_dir(self.root)
+            fsync_dir(os.path.dirname(self.root))
 
     def _path(self, key: str) -> str:
         if not _KEY_RE.match(key):
             raise StorageError(f"invalid blob key {key!r}")
-        return os.path.join(self.root, key[:2], key[2:4], key)
+        return os.path.join(self.root, key[:2], key)
 
     def put(self, spooled_path: str) -> str:
         key = uuid.uuid4().hex
@@ -57,15 +67,9 @@ class FileBlobStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            created = not os.path.isdir(folder)
-            if created:
-                os.makedirs(folder, exist_ok=True)
             os.rename(spooled_path, dest)
             if self.fsync:
                 fsync_dir(folder)
-                if created:
-                    fsync_dir(os.path.dirname(folder))
-                    fsync_dir(os.path.dirname(os.path.dirname(folder)))
         except OSError as exc:
             # A rename that cannot be made durable is undone: the caller reports a failure, so no
             # blob may be left behind under a key nobody will ever index.
@@ -98,14 +102,13 @@ class FileBlobStore:
             top_path = os.path.join(self.root, top)
             if len(top) != 2 or not os.path.isdir(top_path):
                 continue
-            for sub in sorted(os.listdir(top_path)):
-                sub_path = os.path.join(top_path, sub)
-                if not os.path.isdir(sub_path):
-                    continue
-                for name in sorted(os.listdir(sub_path)):
-                    if _KEY_RE.match(name):
-                        st = os.stat(os.path.join(sub_path, name))
-                        yield BlobInfo(name, st.st_size, st.st_mtime)
+            for name in sorted(os.listdir(top_path)):
+                if _KEY_RE.match(name):
+                    try:
+                        st = os.stat(os.path.join(top_path, name))
+                    except FileNotFoundError:  # deleted while we looked
+                        continue
+                    yield BlobInfo(name, st.st_size, st.st_mtime)
 
     def clean_spool(self, older_than: float) -> int:
         """Remove temporary files left by interrupted requests (older than a timestamp)."""
