@@ -21,6 +21,7 @@ from .mediatypes import MediaType, parse_media_type
 __all__ = [
     "Part",
     "multipart_content_type",
+    "multipart_segments",
     "new_boundary",
     "read_multipart",
     "spool_error",
@@ -394,9 +395,35 @@ def write_multipart(
     dash = b"--" + _check_boundary(boundary)
     first = True
     for headers, body in parts:
-        yield (b"" if first else b"\r\n") + dash + b"\r\n" + _header_bytes(headers) + b"\r\n"
+        yield _part_head(dash, headers, first)
         first = False
         for chunk in body:
             if chunk:
                 yield chunk
-    yield (b"" if first else b"\r\n") + dash + b"--\r\n"
+    yield _close_delimiter(dash, first)
+
+
+def _part_head(dash: bytes, headers: Mapping[str, str], first: bool) -> bytes:
+    return (b"" if first else b"\r\n") + dash + b"\r\n" + _header_bytes(headers) + b"\r\n"
+
+
+def _close_delimiter(dash: bytes, first: bool) -> bytes:
+    return (b"" if first else b"\r\n") + dash + b"--\r\n"
+
+
+def multipart_segments(parts: Iterable[tuple[Mapping[str, str], Iterable[tuple[str, int, int]]]],
+                       boundary: str) -> list[bytes | tuple[str, int, int]]:
+    """The body ``write_multipart`` would produce for stored byte ranges, as ``http.SplicedFile`` segments.
+
+    Each part's body is a list of ``(path, offset, length)`` ranges laid end to end; the framing bytes are
+    exactly ``write_multipart``'s, so the body can be sent with a Content-Length through ``wsgi.file_wrapper``.
+    """
+    dash = b"--" + _check_boundary(boundary)
+    segments: list[bytes | tuple[str, int, int]] = []
+    first = True
+    for headers, ranges in parts:
+        segments.append(_part_head(dash, headers, first))
+        segments.extend(ranges)
+        first = False
+    segments.append(_close_delimiter(dash, first))
+    return segments

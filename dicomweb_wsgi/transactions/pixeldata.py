@@ -19,11 +19,12 @@ it fits the media type, else the first producible lossless one. Single-part resp
 (``application/octet-stream``, ``image/jpeg``, ...) are offered when exactly one frame is asked for.
 
 Frame offsets come from the layout computed at store time, so frame N of a multi-frame instance
-is one seek and one read. Statuses: 200; 400 (malformed frame list); 404 (no such instance, no
-Pixel Data, or a frame number beyond Number of Frames, which is checked for every number before
-anything is sent); 406 (no acceptable media type, or the frames cannot be decoded / encoded as
-asked: never a 500). Only Pixel Data (7FE0,0010) is framed; Float and Double Float Pixel Data
-are served through their BulkDataURIs.
+is one seek and one read; frames sent exactly as stored go out straight from those file ranges,
+with a Content-Length, through ``wsgi.file_wrapper``. Statuses: 200; 400 (malformed frame list);
+404 (no such instance, no Pixel Data, or a frame number beyond Number of Frames, which is checked
+for every number before anything is sent); 406 (no acceptable media type, or the frames cannot
+be decoded / encoded as asked: never a 500). Only Pixel Data (7FE0,0010) is framed; Float and
+Double Float Pixel Data are served through their BulkDataURIs.
 """
 from __future__ import annotations
 
@@ -37,12 +38,15 @@ import pydicom
 from .. import transcode
 from ..errors import DicomWebError, NotAcceptable, NotFound
 from ..frames import FrameLayout
-from ..http import Request, Response
+from ..http import Request, Response, SplicedFile
 from ..mediatypes import Offer, Selection, negotiate
-from ..multipart import multipart_content_type, new_boundary, write_multipart
+from ..multipart import multipart_content_type, multipart_segments, new_boundary, write_multipart
 from ..storage.base import StoredInstance
 
 PIXEL_DATA_PATH = "7FE00010"
+# Frame responses estimated (first frame size x frames) up to this size are built whole and sent
+# with a Content-Length; larger ones are streamed frame by frame.
+_WHOLE_BODY_LIMIT = 16 << 20
 OCTET_STREAM = "application/octet-stream"
 _NOT_FRAME_SYNTAXES = frozenset({transcode.DEFLATED, transcode.IMPLICIT_VR_LE, transcode.EXPLICIT_VR_BE})
 FRAME_MEDIA_TYPES = tuple(m for m in transcode.MEDIA_TYPE_SYNTAXES if m != OCTET_STREAM)
@@ -208,10 +212,11 @@ def frame_content_type(syntax: str) -> str:
 
 
 def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) -> Response:
-    """The response for frames of one or more instances: negotiate, then stream one frame a part.
+    """The response for frames of one or more instances: negotiate, then one frame a part.
 
     The first frame is produced before the status is sent, so a frame that cannot be decoded or
-    encoded as asked is a 406; a later failure can only cut the stream short.
+    encoded as asked is a 406. Bodies up to 16 MiB are built whole; in a larger, streamed one a
+    later failure can only cut the stream short.
     """
     total = sum(len(numbers) for _, numbers in wanted)
     selection = negotiate_frames(req, [source.syntax for source, _ in wanted], single_ok=total == 1)
@@ -220,21 +225,66 @@ def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) 
     jobs = [(source, number, target) for (source, numbers), target in zip(wanted, targets)
             for number in numbers]
     first_source, first_number, first_target = jobs[0]
-    data, syntax = read_frame(first_source, first_number, first_target)
+    stored = [stored_ranges(source, number, target) for source, number, target in jobs]
+    if all(stored):
+        # Every frame goes out byte for byte as it lies in its file: no frame is read here.
+        syntax = stored[0][1]  # type: ignore[index]
+    else:
+        data, syntax = read_frame(first_source, first_number, first_target)
     if not selection.offer.multipart:
-        resp = Response(body=data, content_type=frame_content_type(syntax))
+        if all(stored):
+            spliced = SplicedFile(stored[0][0])  # type: ignore[index]
+            resp = Response(content_type=frame_content_type(syntax), file=spliced,  # type: ignore[arg-type]
+                            file_length=spliced.length)
+        else:
+            resp = Response(body=data, content_type=frame_content_type(syntax))
         resp.add_header("Content-Location", first_source.frame_url(base, first_number))
         return resp
-    head = [_frame_part(first_source, first_number, base, data, syntax)]
-    rest = (_frame_part(source, number, base, *read_frame(source, number, target))
-            for source, number, target in jobs[1:])
     params = {}
     if "*" not in targets or len({sent_as_stored(source.syntax) for source, _ in wanted}) == 1:
         # Every part has the first part's syntax, so the body as a whole can say so.
         params["transfer-syntax"] = syntax
     boundary = new_boundary()
-    return Response(body=write_multipart(itertools.chain(head, rest), boundary),
-                    content_type=multipart_content_type(selection.offer.media_type, boundary, **params))
+    content_type = multipart_content_type(selection.offer.media_type, boundary, **params)
+    if all(stored):
+        spliced = SplicedFile(multipart_segments(
+            (({"Content-Type": frame_content_type(ranges_syntax[1]),
+               "Content-Location": source.frame_url(base, number)}, ranges_syntax[0])
+             for (source, number, _), ranges_syntax in zip(jobs, stored) if ranges_syntax), boundary))
+        return Response(content_type=content_type, file=spliced, file_length=spliced.length)  # type: ignore[arg-type]
+    head = [_frame_part(first_source, first_number, base, data, syntax)]
+    rest = (_frame_part(source, number, base, *read_frame(source, number, target))
+            for source, number, target in jobs[1:])
+    body: bytes | Iterable[bytes] = write_multipart(itertools.chain(head, rest), boundary)
+    if len(data) * len(jobs) <= _WHOLE_BODY_LIMIT:
+        # A body of known length keeps the connection alive (waitress closes it after a chunked
+        # one) and lets a later frame that cannot be produced still be an error status.
+        body = b"".join(body)
+    return Response(body=body, content_type=content_type)
+
+
+def stored_ranges(source: PixelSource, number: int,
+                  target: str | None) -> tuple[list[tuple[str, int, int]], str] | None:
+    """Where frame ``number`` lies in its file when it is sent exactly as stored, and the syntax its part
+    is labelled with; None when it has to be read, decoded, converted or byte-swapped.
+
+    As stored means: ``*`` or the stored syntax for compressed frames (their fragments, item tags left
+    out), and ``*`` or uncompressed for little-endian native frames that start on a byte boundary.
+    """
+    layout = source.layout
+    if layout is None or not 1 <= number <= layout.number_of_frames:
+        return None
+    if layout.encapsulated:
+        if layout.fragments is None or target not in ("*", layout.transfer_syntax):
+            return None
+        return [(source.path, offset, length) for offset, length in layout.fragments[number - 1]], \
+            layout.transfer_syntax
+    if layout.transfer_syntax not in (transcode.EXPLICIT_VR_LE, transcode.IMPLICIT_VR_LE) \
+            or layout.bits_per_frame is not None or layout.pixel_offset is None or layout.frame_length is None \
+            or target not in ("*", None, transcode.EXPLICIT_VR_LE):
+        return None
+    return [(source.path, layout.pixel_offset + (number - 1) * layout.frame_length, layout.frame_length)], \
+        transcode.EXPLICIT_VR_LE
 
 
 def _frame_part(source: PixelSource, number: int, base: str, data: bytes,

@@ -3,8 +3,8 @@
 Supports: ``multipart/related; type="application/dicom"`` (default) for study, series and instance,
 and single-part ``application/dicom`` for an instance; the ``transfer-syntax`` parameter (a UID or
 ``*``); Accept lists with q-values and the ``accept`` query parameter. Responses are streamed from
-the stored files; when no instance needs transcoding, the whole body (one file, or the files
-between multipart framing bytes) goes out with a Content-Length through ``wsgi.file_wrapper``.
+the stored files; one instance that needs no transcoding (single part, or one file between
+multipart framing bytes) goes out with a Content-Length through ``wsgi.file_wrapper``.
 
 Transfer syntaxes (PS3.18 §8.7.3): with no ``transfer-syntax``, Explicit VR Little Endian is sent,
 transcoding when needed. ``*`` sends the stored syntax, except that Implicit VR Little Endian and
@@ -97,12 +97,14 @@ def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_o
     if selection.transfer_syntax:
         params["transfer-syntax"] = selection.transfer_syntax
     content_type = multipart_content_type("application/dicom", boundary, **params)
-    if all(target_syntax(i.transfer_syntax, selection.transfer_syntax) == i.transfer_syntax for i in instances):
-        # Nothing to transcode: the body is the stored files between framing bytes, sent with a
-        # Content-Length through wsgi.file_wrapper.
+    if len(instances) == 1 and target_syntax(instances[0].transfer_syntax, selection.transfer_syntax) \
+            == instances[0].transfer_syntax:
+        # One instance, nothing to transcode: the stored file between framing bytes, sent with a
+        # Content-Length through wsgi.file_wrapper (a chunked response would end the keep-alive
+        # connection). Series and studies stay streamed.
+        inst = instances[0]
         body = SplicedFile(multipart_segments(
-            ((_part_headers(inst, inst.transfer_syntax, base), (archive.path(inst), 0, inst.size))
-             for inst in instances), boundary))
+            [(_part_headers(inst, inst.transfer_syntax, base), [(archive.path(inst), 0, inst.size)])], boundary))
         return Response(content_type=content_type, file=body, file_length=body.length)  # type: ignore[arg-type]
     first = instances[0]
     first_ts = target_syntax(first.transfer_syntax, selection.transfer_syntax)
