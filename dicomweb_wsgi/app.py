@@ -184,7 +184,11 @@ class DicomWebApp:
                 resp.file.close()
                 body = []
             elif wrapper is not None and length is not None:
-                body = wrapper(resp.file, 1 << 20)
+                # Hand waitress its own file wrapper, unwrapped, so it reads the file straight into
+                # the socket; the access line is written when it closes the file.
+                headers.append(("Content-Length", str(length)))
+                start_response(status_line(resp.status), headers)
+                return wrapper(_LoggedFile(resp.file, req, resp.status, started, length), 1 << 20)
             else:
                 body = iter_file(resp.file, length)
         elif isinstance(resp.body, (bytes, bytearray)):
@@ -231,6 +235,27 @@ class _Logged:
         access_log.info("%s %s %s %s %d %d %.1fms", self.req.environ.get("REMOTE_ADDR", "-"), self.req.user or "-",
                         self.req.method, self.req.path, self.status, self.sent,
                         (time.perf_counter() - self.started) * 1000)
+
+
+class _LoggedFile:
+    """A response file for ``wsgi.file_wrapper`` that writes the access-log line when closed."""
+
+    def __init__(self, fh: Any, req: Request, status: int, started: float, length: int) -> None:
+        self._fh = fh
+        self._logged = _Logged([], req, status, started)
+        self._logged.sent = length
+        self.read = fh.read
+        self.seek = fh.seek
+        self.tell = fh.tell
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        finally:
+            self._logged.close()
 
 
 class _Actor:

@@ -101,6 +101,10 @@ def compile_template(template: str) -> tuple[re.Pattern[str], dict[str, Callable
     return re.compile(pattern), converters
 
 
+def _first_segment(path: str) -> str:
+    return path[1:].split("/", 1)[0]
+
+
 class Router:
     """Dispatches a request to the handler of the first template matching its path."""
 
@@ -117,6 +121,17 @@ class Router:
             if route.method in entry.methods:
                 raise ValueError(f"duplicate route {route.method} {route.template}")
             entry.methods[route.method] = route.handler
+        # Candidates by first path segment, so a request tries a handful of patterns, not all of
+        # them; templates starting with a placeholder are candidates for every path. Table order
+        # is kept, since the first match wins.
+        self._by_first: dict[str, list[_PathEntry]] = {}
+        self._any_first: list[_PathEntry] = []
+        for entry in self.entries:
+            first = _first_segment(entry.template)
+            (self._any_first if "{" in first else self._by_first.setdefault(first, [])).append(entry)
+        order = {id(entry): n for n, entry in enumerate(self.entries)}
+        for first, entries in self._by_first.items():
+            self._by_first[first] = sorted(entries + self._any_first, key=lambda e: order[id(e)])
 
     @staticmethod
     def allowed(entry: _PathEntry) -> list[str]:
@@ -130,7 +145,7 @@ class Router:
         """The entry whose template matches ``path`` (a trailing slash is ignored) and the raw values."""
         if len(path) > 1 and path.endswith("/"):
             path = path.rstrip("/") or "/"
-        for entry in self.entries:
+        for entry in self._by_first.get(_first_segment(path), self._any_first):
             m = entry.regex.match(path)
             if m:
                 return entry, m.groupdict()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import pydicom
 import pytest
 import webtest
 
@@ -180,3 +181,33 @@ def test_retrieve_racing_a_delete_is_404_not_500(dicomweb_app, dicomweb_client):
     resp = dicomweb_client.get(f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
                                f"{ds.SOPInstanceUID}", headers={"Accept": "application/dicom"}, status=404)
     assert "removed" in resp.text
+
+
+def test_files_go_to_the_servers_file_wrapper_unwrapped_and_are_logged_on_close(dicomweb_app, dicomweb_client,
+                                                                                 caplog):
+    ds = make_dataset()
+    store(dicomweb_client, [ds])
+
+    class FileWrapper:  # what waitress hands the app as wsgi.file_wrapper
+        def __init__(self, filelike, block_size):
+            self.filelike = filelike
+
+        def __iter__(self):
+            return iter(lambda: self.filelike.read(65536), b"")
+
+        def close(self):
+            self.filelike.close()
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/studies/{ds.StudyInstanceUID}/series/"
+               f"{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}", "QUERY_STRING": "",
+               "HTTP_ACCEPT": "application/dicom", "SERVER_NAME": "localhost", "SERVER_PORT": "80",
+               "wsgi.url_scheme": "http", "wsgi.input": __import__("io").BytesIO(), "wsgi.file_wrapper": FileWrapper}
+    seen = {}
+    body = dicomweb_app(environ, lambda status, headers: seen.update(status=status, headers=dict(headers)))
+    assert isinstance(body, FileWrapper)
+    data = b"".join(body)
+    assert seen["status"].startswith("200") and int(seen["headers"]["Content-Length"]) == len(data)
+    assert pydicom.dcmread(__import__("io").BytesIO(data)).SOPInstanceUID == ds.SOPInstanceUID
+    with caplog.at_level(logging.INFO, logger="dicomweb_wsgi.access"):
+        body.close()
+    assert f"GET /studies/{ds.StudyInstanceUID}" in caplog.text and f" 200 {len(data)} " in caplog.text
