@@ -22,6 +22,8 @@ nested) are sent as their fragments joined. Statuses: 200, 206, 404, 406, 416.
 """
 from __future__ import annotations
 
+import itertools
+
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -130,7 +132,11 @@ def _all_bulkdata(req: Request, instances: list[StoredInstance], what: str) -> R
         raise NotFound(f"{what} has no bulk data")
     boundary = new_boundary()
     params = {} if as_stored else {"transfer-syntax": transcode.EXPLICIT_VR_LE}
-    return Response(body=write_multipart(_bulk_parts(req, jobs, "*" if as_stored else None), boundary),
+    parts = _bulk_parts(req, jobs, "*" if as_stored else None)
+    # The first part is produced (a frame decoded) before the status goes out, so a value that
+    # cannot be produced is a 406, not a 200 cut short.
+    first = next(parts)
+    return Response(body=write_multipart(itertools.chain([first], parts), boundary),
                     content_type=multipart_content_type(OCTET_STREAM, boundary, **params))
 
 
