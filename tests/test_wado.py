@@ -173,3 +173,14 @@ def test_retrieve_compressed_file(dicomweb_client, name):
     got = pydicom.dcmread(io.BytesIO(parse_multipart(resp.headers["Content-Type"], resp.body)[0][1]))
     assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE
     assert np.array_equal(got.pixel_array, pydicom.dcmread(get_testdata_file(name)).pixel_array)
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"])
+def test_retrieve_native_instance_transcoded_to_lossless_syntax_round_trips(dicomweb_client, ts):
+    ds, _ = _store_file(dicomweb_client, "MR_small.dcm")
+    resp = dicomweb_client.get(_instance_url(ds), headers={
+        "Accept": f"multipart/related; type=application/dicom; transfer-syntax={ts}"}, status=200)
+    headers, body = parse_multipart(resp.headers["Content-Type"], resp.body)[0]
+    got = pydicom.dcmread(io.BytesIO(body))
+    assert got.file_meta.TransferSyntaxUID == ts and headers["Content-Type"].endswith(ts)
+    assert np.array_equal(got.pixel_array, pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)
