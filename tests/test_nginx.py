@@ -20,7 +20,7 @@ import requests
 
 from dicomweb_wsgi.testing import make_dataset, new_uid, parse_multipart, read_dataset, stow_body
 
-from .serverproc import ServerProcess
+from .serverproc import ServerProcess, stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NGINX_CONF = os.path.join(ROOT, "conf", "nginx-dicomweb.conf")
@@ -130,13 +130,7 @@ http {{
         return open(path).read()[-3000:] if os.path.exists(path) else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc)
         if self.proc.stderr:
             self.proc.stderr.close()
 
