@@ -108,6 +108,9 @@ SCHEMA: tuple[Option, ...] = (
     Option("fsync", _bool, True, "fsync each blob and its folder before acknowledging a store."),
     Option("qido_default_limit", _int, 1000, "Results per QIDO page when the request gives no limit."),
     Option("qido_max_limit", _int, 10000, "Largest QIDO limit a request may ask for (larger is capped)."),
+    Option("qido_max_matches", _int, 0,
+           "A QIDO search matching more than this many results is refused with 413 (narrow the query); "
+           "0: no limit (results are paged)."),
     Option("read_only", _bool, False, "Refuse every write (405)."),
     Option("allow_delete", _bool, False, "Enable the non-standard DELETE of studies, series and instances."),
     Option("min_free_space", _size, "1G",
@@ -158,6 +161,7 @@ class Settings:
     fsync: bool = True
     qido_default_limit: int = 1000
     qido_max_limit: int = 10000
+    qido_max_matches: int = 0
     read_only: bool = False
     allow_delete: bool = False
     min_free_space: int = 1 << 30

@@ -102,13 +102,17 @@ SERIES_LEVEL_TAGS: frozenset[str] = frozenset({
     "00180015", "00181000", "00181020", "00185100", "0020000E", "00200011", "00200060", "00400244",
     "00400245", "00400253", "00400254", "00400260", "00400275", "00080068", "00100024",
 })
+# Attributes each level holds a value of its own: PS3.18 Tables 10.6.3-3/-4/-5 return TimezoneOffsetFromUTC
+# with studies, series and instances. Stored with the series attributes (``level_of_tag``); the index
+# copies them to the study too, so each level has the value of its latest stored instance.
+EVERY_LEVEL_TAGS: frozenset[str] = frozenset({"00080201"})
 
 
 def level_of_tag(tag: str) -> Level:
-    """The level an attribute belongs to, by its 8-hex tag."""
+    """The level an attribute belongs to, by its 8-hex tag (the series for ``EVERY_LEVEL_TAGS``)."""
     if tag in STUDY_LEVEL_TAGS or tag.startswith("0010"):
         return Level.STUDY
-    if tag in SERIES_LEVEL_TAGS:
+    if tag in SERIES_LEVEL_TAGS or tag in EVERY_LEVEL_TAGS:
         return Level.SERIES
     return Level.INSTANCE
 

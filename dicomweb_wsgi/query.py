@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from .errors import BadRequest
-from .model import INDEXED, Level, fold_text, is_valid_uid, level_of_tag
+from .model import EVERY_LEVEL_TAGS, INDEXED, Level, fold_text, is_valid_uid, level_of_tag
 from .storage.base import RANGE_VRS, Condition, MatchKind, SearchQuery, Term, range_key
 
 __all__ = ["attribute_level", "attribute_vr", "parse_search", "resolve_tag"]
@@ -80,10 +80,13 @@ def attribute_vr(tag: str) -> str:
         return "UN"
 
 
-def attribute_level(tag: str) -> str:
-    """The QIDO level that holds an attribute: patient and study -> study, and so on."""
+def attribute_level(tag: str, level: str | None = None) -> str:
+    """The QIDO level that holds an attribute: patient and study -> study, and so on. An attribute
+    every level holds (TimezoneOffsetFromUTC) is matched and returned at the query's ``level``."""
     if tag in DERIVED:
         return DERIVED[tag][0]
+    if level is not None and tag in EVERY_LEVEL_TAGS:
+        return level
     return level_of_tag(tag).value
 
 
@@ -112,7 +115,7 @@ def parse_search(params: Mapping[str, Sequence[str]], level: str, *, study_uid: 
     return_tags: set[str] = set()
     for path, values in keys.items():
         vr = _check_path(names[path], path)
-        top_level = attribute_level(path[0])
+        top_level = attribute_level(path[0], level)
         if _RANK[top_level] <= _RANK[level]:
             return_tags.add(path[0])  # PS3.18 §10.6.3.3: match keys come back with the results
         terms = _terms(names[path], vr, values)
@@ -120,7 +123,7 @@ def parse_search(params: Mapping[str, Sequence[str]], level: str, *, study_uid: 
             entries.append((path, vr, terms))
             if sum(len(entry[2]) for entry in entries) > MAX_TERMS:
                 raise BadRequest(f"{names[path]}: more than {MAX_TERMS} matching values in one request")
-    conditions = tuple(_conditions(entries, 0, fuzzy))
+    conditions = tuple(_conditions(entries, 0, fuzzy, level))
     include, include_all = _includefield(params.get("includefield", ()), level)
     limit = _uint("limit", _last(params, "limit"))
     offset = _uint("offset", _last(params, "offset")) or 0
@@ -129,7 +132,7 @@ def parse_search(params: Mapping[str, Sequence[str]], level: str, *, study_uid: 
     if max_limit:
         limit = min(limit, max_limit)
     with_metadata = level == "instance" and (include_all or any(
-        attribute_level(t) == "instance" and t not in INSTANCE_COLUMN_TAGS for t in include | return_tags))
+        attribute_level(t, level) == "instance" and t not in INSTANCE_COLUMN_TAGS for t in include | return_tags))
     return SearchQuery(level=level, study_uid=study_uid, series_uid=series_uid, conditions=conditions,
                        limit=max(limit, 1), offset=offset, include=frozenset(include), include_all=include_all,
                        return_tags=frozenset(return_tags), with_metadata=with_metadata)
@@ -190,7 +193,7 @@ def _includefield(values: Sequence[str], level: str) -> tuple[set[str], bool]:
                 include_all = True
                 continue
             path = _path(item) if item else None
-            if path is not None and _RANK[attribute_level(path[0])] <= _RANK[level]:
+            if path is not None and _RANK[attribute_level(path[0], level)] <= _RANK[level]:
                 tags.add(path[0])
     return tags, include_all
 
@@ -311,16 +314,17 @@ def _check_temporal(name: str, vr: str, text: str) -> None:
 
 
 def _conditions(entries: list[tuple[tuple[str, ...], str, tuple[Term, ...]]], depth: int,
-                fuzzy: bool) -> list[Condition]:
+                fuzzy: bool, level: str) -> list[Condition]:
     """Keys sharing a sequence become one sequence condition whose items must match together."""
     out: list[Condition] = []
     nested: dict[str, list[tuple[tuple[str, ...], str, tuple[Term, ...]]]] = {}
     for path, vr, terms in entries:
         if len(path) == depth + 1:
-            out.append(Condition(path[depth], vr, attribute_level(path[0]), terms, fuzzy=fuzzy and vr == "PN"))
+            out.append(Condition(path[depth], vr, attribute_level(path[0], level), terms,
+                                 fuzzy=fuzzy and vr == "PN"))
         else:
             nested.setdefault(path[depth], []).append((path, vr, terms))
     for tag, group in nested.items():
-        items = tuple(_conditions(group, depth + 1, fuzzy))
-        out.append(Condition(tag, "SQ", attribute_level(group[0][0][0]), items=items))
+        items = tuple(_conditions(group, depth + 1, fuzzy, level))
+        out.append(Condition(tag, "SQ", attribute_level(group[0][0][0], level), items=items))
     return out

@@ -74,6 +74,14 @@ def test_parse_key_levels_study_series_instance():
     assert query.return_tags == {"00100010", "00080060", "00080061", "00201209"}
 
 
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+def test_parse_timezone_offset_is_matched_and_returned_at_the_query_level(level):
+    query = _parse("TimezoneOffsetFromUTC=%2B0100&includefield=00080201", level)
+    assert [(c.tag, c.level) for c in query.conditions] == [("00080201", level)]
+    assert query.return_tags == {"00080201"} and query.include == {"00080201"}
+    assert query.with_metadata == (level == "instance")  # an instance's own value is in its stored JSON
+
+
 # -- values ----------------------------------------------------------------------------------
 
 TERMS = [

@@ -15,11 +15,11 @@ import sqlite3
 import time
 from typing import Any, Iterator, Sequence
 
-from ..model import INDEXED, INDEXED_BY_TAG, Level, fold_text
+from ..model import EVERY_LEVEL_TAGS, INDEXED, INDEXED_BY_TAG, Level, fold_text
 from .base import (AddResult, Condition, DuplicatePolicy, InstanceRecord, MatchKind, MAX_PN_COMPONENTS,
                    NUMERIC_VRS, Outcome, SearchQuery, SearchResult, SearchRow, StorageError,
                    StoredInstance)
-from .sqlite_db import SqliteDatabase
+from .sqlite_db import Migration, SqliteDatabase
 
 STUDY_COLUMNS = [a.column for a in INDEXED if a.level is Level.STUDY and a.column != "study_uid"]
 SERIES_COLUMNS = [a.column for a in INDEXED if a.level is Level.SERIES and a.column != "series_uid"]
@@ -97,7 +97,50 @@ CREATE INDEX study_other_name_groups ON study(pk)
   WHERE (instr(attrs_json, '"Ideographic"') > 0 OR instr(attrs_json, '"Phonetic"') > 0)
 """
 
-MIGRATIONS: list[str] = [_migration_1(), _MIGRATION_2]
+# Migration 3: TimezoneOffsetFromUTC, which every level holds (model.EVERY_LEVEL_TAGS), was kept with the
+# instances only; study and series rows get the value of their latest stored instance, as a store
+# now gives them.
+_LATEST = "(SELECT metadata_json FROM instance WHERE pk=(SELECT max(pk) FROM instance WHERE {table}_pk={table}.pk))"
+_MIGRATION_3 = [
+    f"UPDATE {table} SET attrs_json=json_set(attrs_json, '$.\"{tag}\"', "
+    f"json(json_extract({_LATEST.format(table=table)}, '$.\"{tag}\"'))) "
+    f"WHERE json_type({_LATEST.format(table=table)}, '$.\"{tag}\"')='object'"
+    for table in ("series", "study") for tag in ("00080201",)
+]
+
+# Migration 4 (QIDO at 100,000+ instances): a trigram index of the folded PatientName, so that a
+# leading wildcard (OHIF sends PatientName=*smi*) reads the few candidate studies instead of every
+# name; kept by triggers, contentless (only rowids are needed: the folded column gives the exact
+# answer).
+_MIGRATION_4 = [
+    "CREATE VIRTUAL TABLE study_name_trigram USING fts5(name, content='', tokenize='trigram')",
+    "INSERT INTO study_name_trigram(rowid, name) SELECT pk, patient_name_fold FROM study WHERE patient_name_fold > ''",
+    "CREATE TRIGGER study_name_trigram_insert AFTER INSERT ON study WHEN NEW.patient_name_fold > '' BEGIN "
+    "INSERT INTO study_name_trigram(rowid, name) VALUES (NEW.pk, NEW.patient_name_fold); END",
+    "CREATE TRIGGER study_name_trigram_delete AFTER DELETE ON study WHEN OLD.patient_name_fold > '' BEGIN "
+    "INSERT INTO study_name_trigram(study_name_trigram, rowid, name) VALUES ('delete', OLD.pk, OLD.patient_name_fold); "
+    "END",
+    "CREATE TRIGGER study_name_trigram_update AFTER UPDATE OF patient_name_fold ON study "
+    "WHEN OLD.patient_name_fold IS NOT NEW.patient_name_fold BEGIN "
+    "INSERT INTO study_name_trigram(study_name_trigram, rowid, name) "
+    "SELECT 'delete', OLD.pk, OLD.patient_name_fold WHERE OLD.patient_name_fold > ''; "
+    "INSERT INTO study_name_trigram(rowid, name) SELECT NEW.pk, NEW.patient_name_fold "
+    "WHERE NEW.patient_name_fold > ''; END",
+]
+
+MIGRATIONS: list[Migration] = [_migration_1(), _MIGRATION_2, _MIGRATION_3, _MIGRATION_4]
+
+
+def _study_json(rec: InstanceRecord) -> str:
+    """The study's attributes with the series' copies of those every level holds (ingest keeps them
+    with the series, model.EVERY_LEVEL_TAGS): both levels then show the latest instance's value."""
+    shared = [tag for tag in EVERY_LEVEL_TAGS if f'"{tag}"' in rec.series_json]
+    if not shared:
+        return rec.study_json
+    series = json.loads(rec.series_json)
+    study = json.loads(rec.study_json)
+    study.update({tag: series[tag] for tag in shared if tag in series})
+    return json.dumps(dict(sorted(study.items())), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _dw_match(element_json: str | None, key: str) -> int:
@@ -109,6 +152,12 @@ def _dw_match(element_json: str | None, key: str) -> int:
         return int(Condition.from_key(key).matches(json.loads(element_json)))
     except (ValueError, TypeError):
         return 0
+
+
+def _trigram_query(pieces: list[str]) -> str | None:
+    """An FTS5 trigram query for rows containing every piece; None when no piece is long enough."""
+    long = [p for p in pieces if len(p) >= _TRIGRAM_MIN]
+    return " AND ".join('"' + p.replace('"', '""') + '"' for p in long) or None
 
 
 def _glob(pattern: str) -> str:
@@ -128,6 +177,9 @@ _FROM = {
 _COUNT_COLUMNS = {("study", "00201206"): "st.num_series", ("study", "00201208"): "st.num_instances",
                   ("series", "00201209"): "s.num_instances"}
 _MODALITIES_IN_STUDY = "00080061"
+# Folded PN columns with a trigram index (migration 4), and the shortest piece it can find.
+_TRIGRAM = {("study", "patient_name"): "study_name_trigram"}
+_TRIGRAM_MIN = 3
 # Rows holding a person name with more than an Alphabetic group; written exactly as the partial index
 # of migration 2 so that SQLite can use it.
 _OTHER_NAME_GROUPS = "(instr({doc}, '\"Ideographic\"') > 0 OR instr({doc}, '\"Phonetic\"') > 0)"
@@ -179,7 +231,7 @@ class SqliteIndex(SqliteDatabase):
             touched_studies.add(existing["study_pk"])
             obsolete = existing["blob_key"]
         study_pk = self._upsert(conn, "study", "study_uid", rec.study_uid, STUDY_COLUMNS, rec.study_columns,
-                                rec.study_json, now)
+                                _study_json(rec), now)
         series_pk = self._upsert(conn, "series", "series_uid", rec.series_uid, SERIES_COLUMNS,
                                  rec.series_columns, rec.series_json, now, study_pk=study_pk)
         cols = ["study_pk", "series_pk", "sop_uid", *INSTANCE_COLUMNS]
@@ -351,6 +403,10 @@ class SqliteIndex(SqliteDatabase):
             return self._terms_sql(count_column, cond, params, numeric=True)
         if cond.level == "study" and cond.tag == _MODALITIES_IN_STUDY and not cond.items:
             # A study matches when one of its series' Modality does (any value of a multi-valued key).
+            if all(term.kind is MatchKind.SINGLE for term in cond.terms):
+                # The study row's list of them answers without a subquery per candidate study.
+                params += [f"\\{term.value}\\" for term in cond.terms]
+                return "(" + " OR ".join("instr('\\' || st.modalities || '\\', ?) > 0" for _ in cond.terms) + ")"
             # The unary + keeps SQLite on the per-study index instead of scanning a whole modality.
             return (f"EXISTS (SELECT 1 FROM series sx WHERE sx.study_pk=st.pk AND "
                     f"{self._terms_sql('+sx.modality', cond, params)})")
@@ -365,19 +421,22 @@ class SqliteIndex(SqliteDatabase):
         # or Phonetic groups (found through a partial index) go to the reference matcher group by group.
         fold, table = f"pn.{attr.column}_fold", cond.level  # the level names are the table names
         others = f"SELECT pn.pk FROM {table} pn WHERE {_OTHER_NAME_GROUPS.format(doc='pn.attrs_json')}"
+        trigram = _TRIGRAM.get((table, attr.column))
         if cond.fuzzy:
-            fast = self._fuzzy_prefilter(fold, cond, params)
+            fast = self._fuzzy_prefilter(fold, cond, params, trigram)
             params += [f'$."{cond.tag}"', cond.key()]
             return (f"{_ALIAS[cond.level]}.pk IN (SELECT pn.pk FROM {table} pn WHERE {fast} UNION {others}) "
                     f"AND dw_match(json_extract({document}, ?), ?)")
-        fast = self._pn_sql(fold, cond, params)
+        fast = self._pn_sql(fold, cond, params, trigram)
         params += [f'$."{cond.tag}"', cond.key()]
         return (f"{_ALIAS[cond.level]}.pk IN (SELECT pn.pk FROM {table} pn WHERE {fast} UNION "
                 f"{others} AND dw_match(json_extract(pn.attrs_json, ?), ?))")
 
     @staticmethod
-    def _pn_sql(column: str, cond: Condition, params: list[Any]) -> str:
-        """Folded PN column against folded terms; trailing empty components are ignored."""
+    def _pn_sql(column: str, cond: Condition, params: list[Any], trigram: str | None = None) -> str:
+        """Folded PN column against folded terms; trailing empty components are ignored. A pattern
+        starting with a wildcard cannot use the column's index: its trigram index, when it has one,
+        narrows the rows to those holding the pattern's literal pieces."""
         parts = []
         for term in cond.terms:
             if term.kind is MatchKind.SINGLE:
@@ -387,17 +446,28 @@ class SqliteIndex(SqliteDatabase):
                 pattern = _glob(term.value)
                 variants = [pattern] if pattern.endswith("*") else \
                     [pattern + "^" * k for k in range(MAX_PN_COMPONENTS)]
-                parts.append("(" + " OR ".join(f"{column} GLOB ?" for _ in variants) + ")")
+                globs = "(" + " OR ".join(f"{column} GLOB ?" for _ in variants) + ")"
+                phrase = _trigram_query(re.split(r"[*?]", term.value)) if term.value[0] in "*?" else None
+                if trigram and phrase:
+                    globs = f"(pn.pk IN (SELECT rowid FROM {trigram} WHERE {trigram} MATCH ?) AND {globs})"
+                    params.append(phrase)
+                parts.append(globs)
             params += variants
         return "(" + " OR ".join(parts) + ")"
 
     @staticmethod
-    def _fuzzy_prefilter(column: str, cond: Condition, params: list[Any]) -> str:
-        """A necessary condition for a fuzzy PN match: every literal piece of the query is in the name."""
+    def _fuzzy_prefilter(column: str, cond: Condition, params: list[Any], trigram: str | None = None) -> str:
+        """A necessary condition for a fuzzy PN match: every literal piece of the query is in the name
+        (pieces of three characters or more found through the trigram index, when there is one)."""
         parts = []
         for term in cond.terms:
             pieces = [p for p in re.split(r"[*?^]", term.value) if p]
-            parts.append(" AND ".join(f"instr({column}, ?) > 0" for _ in pieces) or f"{column} IS NOT NULL")
+            phrase = _trigram_query(pieces) if trigram else None
+            checks = [f"pn.pk IN (SELECT rowid FROM {trigram} WHERE {trigram} MATCH ?)"] if phrase else []
+            params += [phrase] if phrase else []
+            pieces = [p for p in pieces if not phrase or len(p) < _TRIGRAM_MIN]
+            checks += [f"instr({column}, ?) > 0" for _ in pieces]
+            parts.append(" AND ".join(checks) or f"{column} IS NOT NULL")
             params += pieces
         return " OR ".join(f"({p})" for p in parts)
 
@@ -407,7 +477,9 @@ class SqliteIndex(SqliteDatabase):
         for term in cond.terms:
             if term.kind is MatchKind.RANGE:
                 value = f"substr(replace({column}, ':', '') || '000000', 1, 6)" if cond.vr == "TM" else column
-                bounds = [f"{column} > ''"]
+                # "> ''" leaves out empty values; a lower bound on the column itself does that already,
+                # and both would hide that bound from SQLite's planner (which then scans from '' up).
+                bounds = [] if term.low and value == column else [f"{column} > ''"]
                 if term.low:
                     bounds.append(f"{value} >= ?")
                     params.append(term.low)

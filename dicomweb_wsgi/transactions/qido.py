@@ -21,24 +21,26 @@ Media types: ``application/dicom+json`` (default; ``application/json`` is accept
 
 Status: 200 with the results; an empty result is 200 ``[]`` in JSON, and 204 for XML (a multipart
 body needs at least one part, RFC 2046 §5.1.1); 400 for malformed parameter values (the reason
-names the parameter); 406 as above. When more results match than the page holds, the response
-carries ``Warning: 299 <host> "There are N additional results that can be requested"``.
+names the parameter); 406 as above; 413 when ``qido_max_matches`` is set and the search matches
+more results than that (the client should narrow it). When more results match than the page holds,
+the response carries ``Warning: 299 <host> "There are N additional results that can be requested"``.
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..dicomjson import BASE_PLACEHOLDER, dumps, json_to_xml
-from ..errors import NotAcceptable
+from ..errors import NotAcceptable, PayloadTooLarge
 from ..http import Request, Response
 from ..mediatypes import Offer, negotiate
-from ..model import INDEXED, Level
+from ..model import EVERY_LEVEL_TAGS, INDEXED, Level
 from ..multipart import multipart_content_type, new_boundary, write_multipart
 from ..query import RESULT_ONLY, attribute_level, attribute_vr, parse_search
-from ..storage.base import SearchQuery, SearchRow
+from ..storage.base import IndexStore, SearchQuery, SearchResult, SearchRow
 
 OFFERS = (
     Offer("application/dicom+json", multipart=False),
@@ -51,9 +53,9 @@ STUDY_REQUIRED = ("00080020", "00080030", "00080050", "00080090", "00100010", "0
                   "00100040", "0020000D", "00200010")
 SERIES_REQUIRED = ("00080060", "0020000E", "00200011")
 INSTANCE_REQUIRED = ("00080016", "00080018", "00200013")
-# ... and returned when the instance has them.
-SERIES_CONDITIONAL = ("0008103E", "00400244", "00400245", "00400275")
-INSTANCE_CONDITIONAL = ("00280008", "00280010", "00280011", "00280100")
+# ... and returned when the entity has them (TimezoneOffsetFromUTC: the instances' value, model.EVERY_LEVEL_TAGS).
+CONDITIONAL = {"study": ("00080201",), "series": ("00080201", "0008103E", "00400244", "00400245", "00400275"),
+               "instance": ("00280008", "00280010", "00280011", "00280100")}
 INSTANCE_ATTRIBUTES = {a.tag: a for a in INDEXED if a.level is Level.INSTANCE}
 CHARACTER_SET = {"vr": "CS", "Value": ["ISO_IR 192"]}
 ONLINE = {"vr": "CS", "Value": ["ONLINE"]}
@@ -84,7 +86,10 @@ def _search(req: Request, level: str, study_uid: str | None = None, series_uid: 
     settings = req.ctx.settings
     query = parse_search(req.query, level, study_uid=study_uid, series_uid=series_uid,
                          default_limit=settings.qido_default_limit, max_limit=settings.qido_max_limit)
-    result = req.ctx.archive.index.search(query)
+    index = req.ctx.archive.index
+    result = index.search(query)
+    if settings.qido_max_matches > 0:
+        _check_match_count(index, query, result, settings.qido_max_matches)
     results = ResultBuilder(query, req.base_url).build(result.rows)
     headers = []
     if result.remaining > 0:
@@ -100,6 +105,25 @@ def _search(req: Request, level: str, study_uid: str | None = None, series_uid: 
         return Response(body=write_multipart(parts, boundary), headers=headers,
                         content_type=multipart_content_type("application/dicom+xml", boundary))
     return Response(body=dumps(results).encode("utf-8"), content_type=selection.offer.media_type, headers=headers)
+
+
+def _check_match_count(index: IndexStore, query: SearchQuery, result: SearchResult, most: int) -> None:
+    """413 when the search matches more than ``most`` results (setting ``qido_max_matches``).
+
+    A page and its remaining count give the total; an empty page past the end says nothing, so one
+    probe then asks for the match after the first ``most``."""
+    if result.rows:
+        total = query.offset + len(result.rows) + result.remaining
+    elif query.offset > most:
+        probe = index.search(replace(query, limit=1, offset=most))
+        total = most + len(probe.rows) + probe.remaining
+    else:
+        return
+    if total > most:
+        # PS3.18 lists 413 among the search statuses: too broad a search (dcm4chee's Query Max Number of Results).
+        raise PayloadTooLarge(f"the query matches {total} results, more than the {most} this server answers "
+                              "in one search; narrow it with more matching keys (e.g. PatientID, StudyDate, "
+                              "ModalitiesInStudy)")
 
 
 class ResultBuilder:
@@ -147,7 +171,7 @@ class ResultBuilder:
         if row.metadata_json is not None:
             meta = self._load(row.metadata_json)
             return {tag: element for tag, element in meta.items()
-                    if attribute_level(tag) == "instance" and "BulkDataURI" not in element}
+                    if attribute_level(tag, "instance") == "instance" and "BulkDataURI" not in element}
         doc = {"00080018": {"vr": "UI", "Value": [row.sop_uid]}}
         for tag, attr in INSTANCE_ATTRIBUTES.items():
             text = row.instance_columns.get(attr.column)
@@ -172,7 +196,7 @@ class ResultBuilder:
         if q.include_all:
             out.update(docs[q.level])
         for tag in self.extra:
-            _copy(docs[attribute_level(tag)], tag, out)
+            _copy(docs[attribute_level(tag, q.level)], tag, out)
         out["00080005"] = CHARACTER_SET
         return dict(sorted(out.items()))
 
@@ -188,21 +212,20 @@ class ResultBuilder:
         elif level == "series":
             for tag in SERIES_REQUIRED:
                 _copy(doc, tag, out)
-            for tag in SERIES_CONDITIONAL:
-                if tag in doc:
-                    out[tag] = doc[tag]
             out["00201209"] = doc["00201209"]
             out["00081190"] = {"vr": "UR", "Value": [
                 f"{self.base}/studies/{row.study_uid}/series/{row.series_uid}"]}
         else:
             for tag in INSTANCE_REQUIRED:
                 _copy(doc, tag, out)
-            for tag in INSTANCE_CONDITIONAL:
-                if tag in doc:
-                    out[tag] = doc[tag]
             out["00080056"] = ONLINE
             out["00081190"] = {"vr": "UR", "Value": [
                 f"{self.base}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"]}
+        # A parent level's defaults leave out what the result's own level holds a value of.
+        own = level == self.query.level
+        for tag in CONDITIONAL[level]:
+            if tag in doc and (own or tag not in EVERY_LEVEL_TAGS):
+                out[tag] = doc[tag]
         return out
 
 
