@@ -1,6 +1,12 @@
-"""Latency of WADO-RS metadata, frames and bulk data on a live server (prints a table; not a test).
+"""Latency of WADO-RS retrieve, metadata, frames and bulk data on a live server (prints a table; not a test).
 
-Workloads (issue 4, point 8):
+Workloads (issue 4, point 8; issue 10 for the retrieves):
+
+* WADO-RS retrieve of one instance, a series and a study (two series) of ``--ct-instances``
+  512x512 16-bit instances (0.5 MB each) per series, as stored (``transfer-syntax=*``): MB/s and
+  p50 over 1 and 4 keep-alive connections of ``client.py``'s raw-socket client, each run at least
+  ``--seconds`` long (client and server share this process and its GIL: compare runs of this
+  script with each other, not with ``compare.py``);
 
 * series metadata of a series of ``--instances`` instances (cold first request, then warm; with
   gzip; an ``If-None-Match`` revalidation);
@@ -12,7 +18,7 @@ The server is ``make_app`` under waitress in this process, on 127.0.0.1, with a 
 folder. ``--peer URL`` (e.g. ``http://127.0.0.1:8042/dicom-web``) stores the same data on another
 DICOMweb server and prints its numbers beside ours.
 
-    python benchmarks/bench_wado.py [--instances 1000] [--frames 1000] [--repeat 20] [--peer URL]
+    python benchmarks/bench_wado.py [--instances 1000] [--frames 1000] [--ct-instances 50] [--repeat 20] [--peer URL]
 """
 from __future__ import annotations
 
@@ -31,10 +37,13 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
 
+import client
+from client import RunResult
 from dicomweb_wsgi.app import make_app
 from dicomweb_wsgi.testing import make_dataset, new_uid, stow_body
 
 OHIF_ACCEPT = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+DICOM_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 def start_server(data_dir: str) -> tuple[str, Callable[[], None]]:
@@ -65,6 +74,14 @@ def series_datasets(count: int) -> list[Dataset]:
                           ProtocolName="Bench protocol", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"])
         out.append(ds)
     return out
+
+
+def ct_study(per_series: int) -> list[Dataset]:
+    """A study of two series of ``per_series`` 512x512 16-bit instances (0.5 MB each), for the retrieves."""
+    study, series = new_uid(), (new_uid(), new_uid())
+    return [make_dataset(study_uid=study, series_uid=series[s], SeriesNumber=s + 1, InstanceNumber=number,
+                         rows=512, columns=512, pixel_seed=number)
+            for s in (0, 1) for number in range(1, per_series + 1)]
 
 
 def multiframe(frames: int, size: int, jpeg: bool) -> Dataset:
@@ -135,16 +152,35 @@ def workloads(base: str, meta_series: Dataset, native: Dataset, jpeg: Dataset,
     return rows
 
 
-def run(base: str, data: tuple[list[Dataset], Dataset, Dataset], repeat: int) -> dict[str, tuple[float, float, int]]:
-    series, native, jpeg = data
+def run(base: str, data: tuple[list[Dataset], Dataset, Dataset, list[Dataset]],
+        repeat: int) -> dict[str, tuple[float, float, int]]:
+    series, native, jpeg, ct = data
     session = requests.Session()
     started = time.perf_counter()
     stow(session, base, series)
     stow(session, base, [native], batch=1)
     stow(session, base, [jpeg], batch=1)
-    print(f"  stored {len(series) + 2} instances on {base} in {time.perf_counter() - started:.1f} s")
+    stow(session, base, ct, batch=25)
+    print(f"  stored {len(series) + len(ct) + 2} instances on {base} in {time.perf_counter() - started:.1f} s")
     return {name: timed(session, url, headers, repeat)
             for name, url, headers in workloads(base, series[0], native, jpeg, session)}
+
+
+def retrieves(base: str, ct: list[Dataset], seconds: float) -> list[tuple[str, int, RunResult]]:
+    """WADO-RS instance, series and study as stored, over 1 and 4 keep-alive connections (raw client)."""
+    first = ct[0]
+    study = f"/studies/{first.StudyInstanceUID}"
+    series = f"{study}/series/{first.SeriesInstanceUID}"
+    headers = (("Accept", DICOM_AS_STORED),)
+    rows = []
+    for name, path in (("instance (multipart)", f"{series}/instances/{first.SOPInstanceUID}"),
+                       (f"series ({len(ct) // 2} x 0.5 MB)", series),
+                       (f"study ({len(ct)} x 0.5 MB)", study)):
+        for connections in (1, 4):
+            result = client.run(base, [client.Call("GET", path, headers)], 4, connections=connections,
+                                warmup=1, min_seconds=seconds)
+            rows.append((name, connections, result))
+    return rows
 
 
 def main() -> None:
@@ -152,18 +188,23 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=1000, help="instances in the metadata series")
     parser.add_argument("--frames", type=int, default=1000, help="frames of the multi-frame instances")
     parser.add_argument("--size", type=int, default=128, help="rows = columns of each frame")
+    parser.add_argument("--ct-instances", type=int, default=50,
+                        help="0.5 MB instances in each of the two series of the retrieved study")
+    parser.add_argument("--seconds", type=float, default=2.0, help="minimum length of each retrieve run")
     parser.add_argument("--repeat", type=int, default=20, help="warm requests per workload (median reported)")
     parser.add_argument("--peer", help="base URL of another DICOMweb server to run the same workload on")
     args = parser.parse_args()
 
-    print(f"building {args.instances} instances and two {args.frames}-frame {args.size}x{args.size} instances ...")
+    print(f"building {args.instances} instances, two {args.frames}-frame {args.size}x{args.size} instances "
+          f"and 2 x {args.ct_instances} 512x512 instances ...")
     data = (series_datasets(args.instances), multiframe(args.frames, args.size, jpeg=False),
-            multiframe(args.frames, args.size, jpeg=True))
+            multiframe(args.frames, args.size, jpeg=True), ct_study(args.ct_instances))
     results: dict[str, dict[str, tuple[float, float, int]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         url, stop = start_server(tmp)
         try:
             results["dicomweb_wsgi"] = run(url, data, args.repeat)
+            retrieved = retrieves(url, data[3], args.seconds)
         finally:
             stop()
     if args.peer:
@@ -178,6 +219,13 @@ def main() -> None:
     for name in names:
         cells = "".join(f"{results[k][name][0]:19.1f} ms{results[k][name][1]:20.1f} ms" for k in results)
         print(f"{name:44s}{cells}{results['dicomweb_wsgi'][name][2]:12d}")
+    header = f"{'WADO-RS retrieve (dicomweb_wsgi, as stored)':44s}{'connections':>12s}{'requests':>10s}" \
+             f"{'p50':>12s}{'MB/s':>10s}"
+    print()
+    print(header)
+    print("-" * len(header))
+    for name, connections, result in retrieved:
+        print(f"{name:44s}{connections:12d}{result.requests:10d}{result.p50_ms:9.1f} ms{result.mb_per_second:10.0f}")
 
 
 if __name__ == "__main__":

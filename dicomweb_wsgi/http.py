@@ -178,13 +178,21 @@ Segment = Union[bytes, Tuple[str, int, int]]
 class SplicedFile:
     """A read-only, seekable file made of byte strings and stored file ranges laid end to end.
 
-    Multipart responses whose parts are stored files (WADO-RS as stored) are sent as one of these,
-    with a Content-Length, through ``wsgi.file_wrapper``: no generator, no chunked encoding, and
-    no bytes copied through Python beyond the server's own reads. A segment is ``bytes`` or
-    ``(path, offset, length)``; files are opened as the reading gets to them, one at a time (ranges
-    of one file in a row share it), except the first, which is opened at once so a missing blob is an
-    error before the status.
+    Multipart responses whose parts are stored files (WADO-RS as stored, a whole study included) are
+    sent as one of these, with a Content-Length, through ``wsgi.file_wrapper``: no generator, no
+    chunked encoding, and no bytes copied through Python beyond the server's own reads. A segment is
+    ``bytes`` or ``(path, offset, length)``; files are opened as the reading gets to them, one at a
+    time (ranges of one file in a row share it), except the first, which is opened at once so a
+    missing blob is an error before the status. A file that is gone or shorter when the reading
+    gets to it raises ``OSError``, which makes the server cut the connection: the client sees fewer
+    bytes than the Content-Length.
+
+    Waitress reads a file wrapper in pieces of the socket's send buffer size (16 KiB), reading each
+    piece, seeking back and then forward past what the socket took; a file is therefore read ahead
+    up to ``READ_AHEAD`` bytes at a time (within one segment) and the pieces are served from that.
     """
+
+    READ_AHEAD = CHUNK_SIZE
 
     def __init__(self, segments: Sequence[Segment]) -> None:
         self._segments = list(segments)
@@ -196,6 +204,8 @@ class SplicedFile:
         self.length = position
         self._pos = 0
         self._open: tuple[str, BinaryIO] | None = None
+        self._ahead = b""  # bytes read ahead, from position self._ahead_start
+        self._ahead_start = 0
         self.closed = False
         first = next((i for i, seg in enumerate(self._segments) if not isinstance(seg, bytes)), None)
         if first is not None:
@@ -218,24 +228,36 @@ class SplicedFile:
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
             size = self.length - self._pos
+        within = self._pos - self._ahead_start
+        if within >= 0 and within + size <= len(self._ahead):
+            self._pos += size
+            return self._ahead[within:within + size]
         out: list[bytes] = []
         while size > 0 and self._pos < self.length:
-            index = bisect.bisect_right(self._starts, self._pos) - 1
-            segment = self._segments[index]
-            within = self._pos - self._starts[index]
-            if isinstance(segment, bytes):
-                chunk = segment[within:within + size]
-            else:
-                path, offset, length = segment
-                fh = self._file(index)
-                fh.seek(offset + within)
-                chunk = fh.read(min(size, length - within))
-                if not chunk:
-                    raise OSError(f"{path} ended {length - within} bytes early")
+            within = self._pos - self._ahead_start
+            if not 0 <= within < len(self._ahead):
+                self._read_ahead()
+                within = self._pos - self._ahead_start
+            chunk = self._ahead[within:within + size]
             out.append(chunk)
             self._pos += len(chunk)
             size -= len(chunk)
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _read_ahead(self) -> None:
+        """Fill the read-ahead from the current position, up to the end of its segment."""
+        index = bisect.bisect_right(self._starts, self._pos) - 1
+        segment = self._segments[index]
+        if isinstance(segment, bytes):
+            self._ahead, self._ahead_start = segment, self._starts[index]
+            return
+        path, offset, length = segment
+        within = self._pos - self._starts[index]
+        want = min(self.READ_AHEAD, length - within)
+        data = os.pread(self._file(index).fileno(), want, offset + within)
+        if len(data) < want:
+            raise OSError(f"{path} ended {length - within - len(data)} bytes early")
+        self._ahead, self._ahead_start = data, self._pos
 
     def _file(self, index: int) -> BinaryIO:
         segment = self._segments[index]
@@ -245,7 +267,7 @@ class SplicedFile:
         if self._open is not None:
             self._open[1].close()
             self._open = None
-        fh = open(segment[0], "rb")
+        fh = open(segment[0], "rb", buffering=0)
         self._open = (segment[0], fh)
         return fh
 
@@ -253,6 +275,7 @@ class SplicedFile:
         if self._open is not None:
             self._open[1].close()
             self._open = None
+        self._ahead = b""
         self.closed = True
 
 

@@ -6,11 +6,13 @@ openssl cannot be found (`.ci/run` installs both).
 """
 from __future__ import annotations
 
+import http.client
 import os
 import pwd
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 
@@ -153,6 +155,7 @@ def proxy(tmp_path_factory):
             session.trust_env = False
             session.verify = nginx.cert
             nginx.session = session
+            nginx.app = app
             yield nginx
         finally:
             nginx.stop()
@@ -172,25 +175,68 @@ def test_nginx_20mb_stow_returns_public_https_retrieve_urls(proxy):
     assert ref == f"{proxy.url}/studies/{study}/series/{big.SeriesInstanceUID}/instances/{big.SOPInstanceUID}"
 
 
-def test_nginx_streams_a_series_retrieve(proxy):
+def _queued_bytes(port: int) -> list[int]:
+    """Bytes sent but not yet taken by the peer, per established IPv4 socket whose local port is ``port``."""
+    queued = []
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                queued.append(int(fields[4].split(":")[0], 16))
+    return queued
+
+
+def test_nginx_streams_a_large_series_without_buffering_it(proxy):
+    """With ``proxy_buffering off`` nginx passes the series on as it comes (a Content-Length body, sent
+    as one file by waitress): a client that has read only the first bytes holds the server back, and
+    nginx never spools the response to its temporary files."""
     study, series = new_uid(), new_uid()
-    datasets = [make_dataset(study_uid=study, series_uid=series, rows=256, columns=256, frames=8,
-                             InstanceNumber=i, pixel_seed=i) for i in range(1, 4)]
+    # 8 x 8 MiB: far more than the socket buffers on the way can hold.
+    datasets = [make_dataset(study_uid=study, series_uid=series, rows=512, columns=512, frames=16,
+                             InstanceNumber=i, pixel_seed=i) for i in range(1, 9)]
     content_type, body = stow_body(datasets)
-    assert proxy.session.post(f"{proxy.url}/studies", data=body, headers={"Content-Type": content_type},
-                              timeout=60).status_code == 200
-    with proxy.session.get(f"{proxy.url}/studies/{study}/series/{series}", stream=True, timeout=60,
-                           headers={"Accept": 'multipart/related; type="application/dicom"'}) as resp:
-        assert resp.status_code == 200
-        # Passed on as produced: chunked, no Content-Length computed by a buffering proxy.
-        assert resp.headers.get("Transfer-Encoding") == "chunked"
-        assert "Content-Length" not in resp.headers
-        data = b"".join(resp.iter_content(64 * 1024))
-    parts = parse_multipart(resp.headers["Content-Type"], data)
+    assert proxy.session.post(f"{proxy.app.url}/dicomweb/studies", data=body, timeout=120,
+                              headers={"Content-Type": content_type}).status_code == 200
+    del body
+    app_port = int(proxy.app.url.rsplit(":", 1)[1])
+    path = f"/studies/{study}/series/{series}"
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # no large client-side buffer either
+    raw.settimeout(120)
+    raw.connect(("127.0.0.1", proxy.port))
+    tls = ssl.create_default_context(cafile=proxy.cert).wrap_socket(raw, server_hostname="127.0.0.1")
+    try:
+        tls.sendall(f"GET /dicomweb{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Accept: multipart/related; type=\"application/dicom\"\r\n\r\n".encode())
+        resp = http.client.HTTPResponse(tls)
+        resp.begin()
+        assert resp.status == 200
+        length = int(resp.getheader("Content-Length"))
+        assert length > 64 << 20
+        first = resp.read(65536)
+        # Stop reading and wait until the server is held back (bytes queued on its socket, not moving)
+        # or has finished (its access line is written when the last byte is handed to the socket).
+        finished, previous = False, None
+        deadline = time.monotonic() + 60
+        while True:
+            finished = any(f"GET {path} 200" in line for line in list(proxy.app.output))
+            queued = max(_queued_bytes(app_port), default=0)
+            if finished or (queued and queued == previous):
+                break
+            assert time.monotonic() < deadline, "the server neither finished nor stalled"
+            previous = queued
+            time.sleep(0.2)
+        assert not finished, "the server finished sending while the client had read 64 KiB: nginx buffered it"
+        data = first + resp.read()
+    finally:
+        tls.close()
+    assert len(data) == length
+    assert "buffered to a temporary file" not in open(os.path.join(proxy.folder, "dicomweb.error.log")).read()
+    parts = parse_multipart(resp.getheader("Content-Type"), data)
     for headers, _ in parts:
-        assert headers["Content-Location"].startswith(f"{proxy.url}/studies/{study}/")
-    got = sorted((read_dataset(p) for _, p in parts), key=lambda d: d.InstanceNumber)
-    assert [d.InstanceNumber for d in got] == [1, 2, 3]
+        assert headers["Content-Location"].startswith(f"https://127.0.0.1:{proxy.port}/dicomweb/studies/{study}/")
+    got = [read_dataset(p) for _, p in parts]
+    assert [d.InstanceNumber for d in got] == list(range(1, 9))
     for ds, original in zip(got, datasets):
         assert np.array_equal(ds.pixel_array, original.pixel_array)
 

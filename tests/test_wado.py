@@ -1,14 +1,22 @@
 """WADO-RS retrieve of studies, series and instances through HTTP."""
 from __future__ import annotations
 
+import http.client
 import io
+import os
+import socket
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.uid import ImplicitVRLittleEndian
 
-from dicomweb_wsgi.testing import make_dataset, new_uid, parse_multipart, store
+from dicomweb_wsgi.archive import Archive
+from dicomweb_wsgi.config import load_settings
+from dicomweb_wsgi.testing import make_dataset, new_uid, parse_multipart, stow_body, store
+
+from .serverproc import ServerProcess
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
@@ -183,3 +191,148 @@ def test_retrieve_native_instance_transcoded_to_lossless_syntax_round_trips(dico
     got = pydicom.dcmread(io.BytesIO(body))
     assert got.file_meta.TransferSyntaxUID == ts and headers["Content-Type"].endswith(ts)
     assert np.array_equal(got.pixel_array, pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)
+
+
+# -- series and studies as stored: one body with a Content-Length (issue 10, proposal 7) ----------------
+
+AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _stored_bodies(app, *uids: str) -> list[bytes]:
+    return [_read(app.archive.path(inst)) for inst in app.archive.instances(*uids)]
+
+
+@pytest.mark.parametrize("accept", [AS_STORED, 'multipart/related; type="application/dicom"'])
+@pytest.mark.parametrize("level", ["study", "series"])
+def test_retrieve_as_stored_has_content_length_and_the_stored_bytes(dicomweb_app, dicomweb_client, study,
+                                                                   level, accept):
+    study_uid, s1, _, _ = study
+    uids = (study_uid,) if level == "study" else (study_uid, s1)
+    resp = dicomweb_client.get("/studies/" + "/series/".join(uids), headers={"Accept": accept}, status=200)
+    assert int(resp.headers["Content-Length"]) == len(resp.body)
+    assert resp.body.startswith(b"--")
+    parts = parse_multipart(resp.headers["Content-Type"], resp.body)
+    assert [body for _, body in parts] == _stored_bodies(dicomweb_app, *uids)
+    assert len(parts) == (3 if level == "study" else 2)
+    # HEAD announces the same length without a body.
+    head = dicomweb_client.head("/studies/" + "/series/".join(uids), headers={"Accept": accept}, status=200)
+    assert head.headers["Content-Length"] == resp.headers["Content-Length"] and head.body == b""
+
+
+def test_retrieve_series_whose_blob_vanished_after_listing_is_404(dicomweb_app, dicomweb_client, study):
+    study_uid, s1, _, _ = study
+    second = dicomweb_app.archive.instances(study_uid, s1)[1]
+    os.unlink(dicomweb_app.archive.path(second))  # what a DELETE racing this retrieve leaves behind
+    resp = dicomweb_client.get(f"/studies/{study_uid}/series/{s1}", headers={"Accept": AS_STORED}, status=404)
+    assert "removed" in resp.text
+
+
+def test_retrieve_mixed_series_transcodes_the_one_that_needs_it(dicomweb_app, dicomweb_client):
+    study_uid, series_uid = new_uid(), new_uid()
+    explicit = make_dataset(study_uid=study_uid, series_uid=series_uid, InstanceNumber=1, pixel_seed=1)
+    implicit = make_dataset(study_uid=study_uid, series_uid=series_uid, InstanceNumber=2, pixel_seed=2,
+                            transfer_syntax=ImplicitVRLittleEndian)
+    store(dicomweb_client, [explicit, implicit])
+    resp = dicomweb_client.get(f"/studies/{study_uid}/series/{series_uid}", status=200)
+    parts = parse_multipart(resp.headers["Content-Type"], resp.body)
+    assert [h["Content-Type"] for h, _ in parts] == [f"application/dicom; transfer-syntax={EXPLICIT_LE}"] * 2
+    stored = _stored_bodies(dicomweb_app, study_uid, series_uid)
+    assert parts[0][1] == stored[0]
+    got = pydicom.dcmread(io.BytesIO(parts[1][1]))
+    assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE and got.SOPInstanceUID == implicit.SOPInstanceUID
+    assert np.array_equal(got.pixel_array, implicit.pixel_array)
+
+
+@pytest.fixture
+def live(tmp_path):
+    """A live server (waitress, wsgi.file_wrapper) and its archive opened beside it."""
+    data_dir = str(tmp_path / "data")
+    with ServerProcess(data_dir, max_seconds=300) as server:
+        archive = Archive.open(load_settings({"data_dir": data_dir}))
+        try:
+            yield server, archive
+        finally:
+            archive.close()
+
+
+def _connect(server: ServerProcess, receive_buffer: int | None = None) -> http.client.HTTPConnection:
+    """A connected keep-alive HTTP/1.1 connection to the live server (optionally with a pinned receive buffer)."""
+    host, port = server.url.rsplit("/", 1)[1].split(":")
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(60)
+    sock.connect((host, int(port)))
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.sock = sock
+    return conn
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> http.client.HTTPResponse:
+    conn.request("GET", path, headers={"Accept": AS_STORED})
+    return conn.getresponse()
+
+
+def _stored_series(server: ServerProcess, count: int, **kwargs) -> str:
+    """Store a series of ``count`` instances on the live server; its URL path."""
+    study_uid, series_uid = new_uid(), new_uid()
+    content_type, body = stow_body([make_dataset(study_uid=study_uid, series_uid=series_uid, InstanceNumber=i,
+                                                 pixel_seed=i, **kwargs) for i in range(1, count + 1)])
+    conn = _connect(server)
+    try:
+        conn.request("POST", "/studies", body=body, headers={"Content-Type": content_type})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()[:500]
+    finally:
+        conn.close()
+    return f"/studies/{study_uid}/series/{series_uid}"
+
+
+def test_live_series_and_study_keep_the_connection_alive(live):
+    server, archive = live
+    series_path = _stored_series(server, 3, rows=128, columns=128)
+    study_uid = series_path.split("/")[2]
+    conn = _connect(server)
+    first_socket = conn.sock
+    try:
+        for path in (series_path, f"/studies/{study_uid}"):
+            resp = _get(conn, path)
+            body = resp.read()
+            assert resp.status == 200
+            assert resp.getheader("Transfer-Encoding") is None
+            assert int(resp.getheader("Content-Length")) == len(body)
+            assert not resp.will_close
+            parts = parse_multipart(resp.getheader("Content-Type"), body)
+            assert [b for _, b in parts] == [_read(archive.path(i)) for i in archive.instances(study_uid)]
+        assert conn.sock is first_socket  # both answers came on the one connection
+    finally:
+        conn.close()
+
+
+def test_live_blob_vanishing_mid_stream_cuts_the_response_short(live):
+    server, archive = live
+    # 4 x 8 MiB: far more than the socket buffers between server and client hold (the client's receive
+    # buffer is pinned small), so the server cannot have reached the last file when it goes.
+    series_path = _stored_series(server, 4, rows=512, columns=512, frames=16)
+    instances = archive.instances(*series_path.split("/")[2::2])
+    conn = _connect(server, receive_buffer=65536)
+    try:
+        resp = _get(conn, series_path)
+        assert resp.status == 200
+        length = int(resp.getheader("Content-Length"))
+        first = resp.read(65536)
+        os.unlink(archive.path(instances[-1]))
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            resp.read()
+        received = first + cut.value.partial
+        assert len(received) < length  # the client can tell: fewer bytes than the Content-Length
+        assert received.startswith(b"--") and _read(archive.path(instances[0])) in received
+    finally:
+        conn.close()
+    # The server goes on serving: the series is now a clean 404, one of its instances a 200.
+    for path, status in ((series_path, 404), (f"{series_path}/instances/{instances[0].sop_uid}", 200)):
+        conn = _connect(server)
+        try:
+            assert _get(conn, path).status == status
+        finally:
+            conn.close()

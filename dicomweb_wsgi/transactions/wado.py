@@ -3,8 +3,10 @@
 Supports: ``multipart/related; type="application/dicom"`` (default) for study, series and instance,
 and single-part ``application/dicom`` for an instance; the ``transfer-syntax`` parameter (a UID or
 ``*``); Accept lists with q-values and the ``accept`` query parameter. Responses are streamed from
-the stored files; one instance that needs no transcoding (single part, or one file between
-multipart framing bytes) goes out with a Content-Length through ``wsgi.file_wrapper``.
+the stored files. When no instance needs transcoding, the whole body (one file, or the stored files
+between multipart framing bytes) is known before the status goes out and is sent with a
+Content-Length through ``wsgi.file_wrapper`` (so the connection stays alive); a response that
+transcodes is a chunked generator.
 
 Transfer syntaxes (PS3.18 §8.7.3): with no ``transfer-syntax``, Explicit VR Little Endian is sent,
 transcoding when needed. ``*`` sends the stored syntax, except that Implicit VR Little Endian and
@@ -14,8 +16,9 @@ Endian. A syntax that cannot be produced for every instance asked for is a 406.
 from __future__ import annotations
 
 import itertools
+import os
 import tempfile
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from .. import transcode
 from ..errors import NotAcceptable, NotFound
@@ -23,6 +26,9 @@ from ..http import Request, Response, SplicedFile, iter_file
 from ..mediatypes import Offer, Selection, negotiate
 from ..multipart import multipart_content_type, multipart_segments, new_boundary, write_multipart
 from ..storage.base import StoredInstance
+
+if TYPE_CHECKING:
+    from ..archive import Archive
 
 NEVER_SENT = frozenset({transcode.IMPLICIT_VR_LE, transcode.EXPLICIT_VR_BE})
 
@@ -97,25 +103,30 @@ def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_o
     if selection.transfer_syntax:
         params["transfer-syntax"] = selection.transfer_syntax
     content_type = multipart_content_type("application/dicom", boundary, **params)
-    if len(instances) == 1 and target_syntax(instances[0].transfer_syntax, selection.transfer_syntax) \
-            == instances[0].transfer_syntax:
-        # One instance, nothing to transcode: the stored file between framing bytes, sent with a
-        # Content-Length through wsgi.file_wrapper (a chunked response would end the keep-alive
-        # connection). Series and studies stay streamed.
-        inst = instances[0]
-        body = SplicedFile(multipart_segments(
-            [(_part_headers(inst, inst.transfer_syntax, base), [(archive.path(inst), 0, inst.size)])], boundary))
+    targets = [target_syntax(inst.transfer_syntax, selection.transfer_syntax) for inst in instances]
+    if all(ts == inst.transfer_syntax for ts, inst in zip(targets, instances)):
+        body = stored_multipart(archive, instances, base, boundary)
         return Response(content_type=content_type, file=body, file_length=body.length)  # type: ignore[arg-type]
-    first = instances[0]
-    first_ts = target_syntax(first.transfer_syntax, selection.transfer_syntax)
     # Transcode the first instance before the status goes out, so a single-instance request that
     # cannot be transcoded is a 406. A later failure can only cut the stream short (the client
     # then sees no closing boundary), which is better than silently leaving an instance out.
-    head = [_part(archive.path(first), first, first_ts, base, eager=True)]
-    rest = (_part(archive.path(inst), inst, target_syntax(inst.transfer_syntax, selection.transfer_syntax), base)
-            for inst in instances[1:])
-    parts = itertools.chain(head, rest)
-    return Response(body=write_multipart(parts, boundary), content_type=content_type)
+    head = [_part(archive.path(instances[0]), instances[0], targets[0], base, eager=True)]
+    rest = (_part(archive.path(inst), inst, ts, base) for inst, ts in zip(instances[1:], targets[1:]))
+    return Response(body=write_multipart(itertools.chain(head, rest), boundary), content_type=content_type)
+
+
+def stored_multipart(archive: Archive, instances: list[StoredInstance], base: str, boundary: str) -> SplicedFile:
+    """The multipart body of these instances exactly as stored, as one file of known length.
+
+    Every file is looked at now (one ``stat`` each, nothing opened but the first), so a blob that a
+    DELETE removed after the listing is a 404 before the status; its current size is what is sent.
+    One that goes after this point cuts the stream (see ``SplicedFile``).
+    """
+    parts = []
+    for inst in instances:
+        path = archive.path(inst)
+        parts.append((_part_headers(inst, inst.transfer_syntax, base), [(path, 0, os.stat(path).st_size)]))
+    return SplicedFile(multipart_segments(parts, boundary))
 
 
 def _part_headers(inst: StoredInstance, ts: str, base: str) -> dict[str, str]:
