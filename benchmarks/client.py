@@ -4,8 +4,9 @@ A small HTTP/1.1 client on raw sockets (no ``requests``, no header objects): req
 built before timing starts, response bodies are read into one scratch buffer and thrown away
 (``Content-Length`` or chunked), so the client costs a few tens of microseconds of CPU per
 request and the servers, not the client, set the pace. Every run reports the client's own CPU
-seconds next to the server's (read from ``/proc/<pid>/stat``), which is the proof: a client that
-uses a fraction of the CPU the server uses is not what limits the numbers.
+seconds next to the server's (read from ``/proc/<pid>/stat``, summed over the server's process tree:
+``serve --workers N`` is a parent and N workers), which is the proof: a client that uses a fraction
+of the CPU the server uses is not what limits the numbers.
 
     python benchmarks/client.py http://127.0.0.1:8042/dicom-web /studies --requests 200 --connections 4
 """
@@ -188,14 +189,43 @@ def request_head(call: Call, host: str, prefix: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (``serve --workers N``: the parent and its workers), from /proc."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        try:
+            tasks = os.listdir(f"/proc/{tree[index]}/task")
+        except OSError:
+            tasks = []
+        for task in tasks:
+            try:
+                with open(f"/proc/{tree[index]}/task/{task}/children", "rb") as fh:
+                    tree += [int(child) for child in fh.read().split()]
+            except OSError:
+                pass
+        index += 1
+    return tree
+
+
+def _stat_fields(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return fh.read().rsplit(b")", 1)[1].split()
+
+
 def process_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (None: this process)."""
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants, counting the
+    children it has already reaped (a restarted worker); None: this process."""
     if pid is None:
         t = os.times()
         return t.user + t.system
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        fields = fh.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    fields = _stat_fields(pid)
+    total = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    for child in process_tree(pid)[1:]:
+        try:
+            total += sum(int(f) for f in _stat_fields(child)[11:13])
+        except OSError:  # ended meanwhile
+            pass
+    return total / CLK_TCK
 
 
 def rss_bytes(pid: int) -> int:
@@ -208,19 +238,43 @@ def rss_bytes(pid: int) -> int:
 
 
 class RssSampler:
-    """Samples a process's RSS every ``interval`` seconds in a thread; ``peak`` is the largest seen."""
+    """Samples the RSS of a process tree every ``interval`` seconds in a thread.
+
+    ``peak`` is the largest sum over the process and its descendants (parent + workers) seen,
+    ``peak_single`` the largest single process. The tree is looked up again every ``REFRESH`` samples
+    (a restarted worker joins it), so sampling stays cheap next to the server.
+    """
+
+    REFRESH = 50
 
     def __init__(self, pid: int, interval: float = 0.01) -> None:
         self.pid, self.interval = pid, interval
-        self.peak = rss_bytes(pid)
-        self.start_rss = self.peak
+        self._pids = process_tree(pid)
+        self.peak = self.peak_single = 0
+        self._sample()
+        self.start_rss, self.start_single = self.peak, self.peak_single
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+    def _sample(self) -> None:
+        sizes = []
+        for pid in self._pids:
             try:
-                self.peak = max(self.peak, rss_bytes(self.pid))
+                sizes.append(rss_bytes(pid))
+            except OSError:
+                if pid == self.pid:
+                    raise
+        self.peak = max(self.peak, sum(sizes))
+        self.peak_single = max([self.peak_single] + sizes)
+
+    def _run(self) -> None:
+        samples = 0
+        while not self._stop.wait(self.interval):
+            samples += 1
+            try:
+                if samples % self.REFRESH == 0:
+                    self._pids = process_tree(self.pid)
+                self._sample()
             except OSError:
                 return
 
@@ -231,7 +285,7 @@ class RssSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.pid))
+        self._sample()
 
 
 @dataclass

@@ -5,19 +5,23 @@
 
 What it does, all on 127.0.0.1:
 
-1. starts our server (``dicomweb-wsgi serve`` with its shipped defaults: fsync on, SQLite
-   synchronous=FULL, the waitress settings of ``__main__.WAITRESS_DEFAULTS``) in a subprocess,
+1. starts our server as shipped (``dicomweb-wsgi serve --config conf/dicomweb.ini``: fsync on,
+   SQLite synchronous=FULL, its waitress settings and its ``workers`` processes) in a subprocess,
    a reference Orthanc + DICOMweb plugin (``orthanc.py``; when it is not installed the run goes
    on with ours alone and says so) and the *ceiling*: a do-nothing WSGI app under the same
-   waitress settings that answers every GET workload's requests with the bytes our server sent,
-   read from a file through ``wsgi.file_wrapper`` (what waitress itself can do; the target of
-   >= 0.7x of it applies to the byte-serving workloads);
+   waitress settings, in as many processes, that answers every GET workload's requests with the
+   bytes our server sent, read from a file through ``wsgi.file_wrapper`` (what waitress itself
+   can do; the target of >= 0.7x of it applies to the byte-serving workloads);
 2. loads the same deterministic corpus (``corpus.py``) into both servers by STOW-RS;
 3. runs every workload at 1 and 4 keep-alive connections (``client.py``), interleaving servers
    and workloads, ``--reps`` times, alternating which server goes first;
 4. prints medians with the ratio to Orthanc and to the ceiling, the client's and the servers'
    CPU (the client's must stay well below the server's for the numbers to mean anything), and
-   the peak RSS of each server while storing and then retrieving a ``--big-mb`` study.
+   the peak RSS of each server while storing and then retrieving a ``--big-mb`` study: the sum
+   over its processes (parent + workers) and the largest single process.
+
+``--variant NAME:WORKERS=2`` adds a column for ours with ``--workers 2`` (``CONFIG=FILE`` serves
+with another ini file; any other KEY=VALUE is put in the server's environment).
 
 The machine is shared and noisy: compare the ratios of one run, not absolute numbers across runs.
 ``--qido-scaling`` also runs ``bench_qido`` (in-process QIDO at 1,000 and 100,000 instances).
@@ -41,7 +45,7 @@ from typing import Any, Callable
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
-from client import Call, RssSampler, RunResult, run  # noqa: E402
+from client import Call, RssSampler, RunResult, process_tree, run  # noqa: E402
 from corpus import Corpus, InstanceRef, stow_bodies  # noqa: E402
 from orthanc import OrthancProcess, OrthancUnavailable  # noqa: E402
 
@@ -49,6 +53,7 @@ DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAMES_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 JSON = "application/dicom+json"
 OURS, ORTHANC, CEILING = "dicomweb_wsgi", "Orthanc", "ceiling"
+SHIPPED_INI = os.path.join(os.path.dirname(HERE), "conf", "dicomweb.ini")
 
 
 # -- the servers -----------------------------------------------------------------------------------
@@ -64,16 +69,29 @@ class Target:
 
 
 def start_ours(data_dir: str, max_seconds: float, name: str = OURS, env: dict[str, str] | None = None) -> Target:
-    """``dicomweb-wsgi serve`` as shipped (tests/serverproc.py), optionally with extra environment.
+    """``dicomweb-wsgi serve --config conf/dicomweb.ini`` as shipped (tests/serverproc.py), optionally varied.
 
-    ``CONFIG`` in ``env`` is not an environment variable but the ``--config`` ini file to serve with.
+    Two keys of ``env`` are not environment variables: ``CONFIG``, the ``--config`` ini file to
+    serve with instead, and ``WORKERS``, passed as ``--workers``. The PID is the parent's; the
+    CPU and RSS figures cover its workers too.
     """
     from tests.serverproc import ServerProcess
 
     env = dict(env or {})
-    config = env.pop("CONFIG", None)
-    server = ServerProcess(data_dir, config=config, max_seconds=max_seconds, env=env)
+    config = env.pop("CONFIG", SHIPPED_INI)
+    workers = env.pop("WORKERS", None)
+    server = ServerProcess(data_dir, config=config, max_seconds=max_seconds, env=env,
+                           extra=("--workers", workers) if workers else ())
     return Target(name, server.url, server.url, server.proc.pid, server.stop)
+
+
+def shipped_workers() -> int:
+    """``[server:main] workers`` of the shipped ini (1 when absent)."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(SHIPPED_INI)
+    return parser.getint("server:main", "workers", fallback=1)
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
@@ -96,10 +114,10 @@ def start_orthanc() -> tuple[Target, str]:
     return Target(ORTHANC, orthanc.url, orthanc.root, orthanc.pid, orthanc.stop), version
 
 
-def start_ceiling(manifest: str) -> Target:
-    """The do-nothing WSGI app (``--serve-ceiling``) in its own process."""
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-ceiling", manifest],
-                            stdout=subprocess.PIPE, text=True)
+def start_ceiling(manifest: str, workers: int) -> Target:
+    """The do-nothing WSGI app (``--serve-ceiling``) in its own process (and ``workers`` worker processes)."""
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-ceiling", manifest,
+                             "--ceiling-workers", str(workers)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if not line.startswith("http://"):
@@ -112,8 +130,11 @@ def start_ceiling(manifest: str) -> Target:
     return Target(CEILING, line, line, proc.pid, stop)
 
 
-def serve_ceiling(manifest_path: str) -> None:
-    """Answer each known path+query with its file, through ``wsgi.file_wrapper``; nothing else."""
+def serve_ceiling(manifest_path: str, workers: int = 1) -> None:
+    """Answer each known path+query with its file, through ``wsgi.file_wrapper``; nothing else.
+
+    With ``workers`` > 1, in that many processes on one socket, as ``serve --workers`` runs ours.
+    """
     import waitress
 
     from dicomweb_wsgi.__main__ import WAITRESS_DEFAULTS
@@ -132,6 +153,19 @@ def serve_ceiling(manifest_path: str) -> None:
         start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(os.fstat(fh.fileno()).st_size))])
         return environ["wsgi.file_wrapper"](fh, 1 << 20)
 
+    if workers > 1:
+        from dicomweb_wsgi.workers import Supervisor, bind_listeners, serve_until_stopped
+
+        sockets = bind_listeners("127.0.0.1", 0, 1024)
+        port = sockets[0].getsockname()[1]
+
+        def worker(index: int, ready: Callable[[], None]) -> int:
+            server = waitress.create_server(app, sockets=sockets, **WAITRESS_DEFAULTS)
+            ready()
+            serve_until_stopped(server)
+            return 0
+        Supervisor(workers, worker, sockets).run(on_ready=lambda: print(f"http://127.0.0.1:{port}", flush=True))
+        return
     server = waitress.create_server(app, host="127.0.0.1", port=0, **WAITRESS_DEFAULTS)
     print(f"http://127.0.0.1:{server.effective_port}", flush=True)
     server.run()
@@ -338,13 +372,29 @@ def _answer_size(result: RunResult) -> tuple[str, int]:
     return "bytes/request", result.bytes_in // max(1, result.requests)
 
 
+@dataclass
+class Memory:
+    """One server's RSS in the big-study workload: sums over its processes, and the largest one."""
+
+    idle: int
+    idle_single: int
+    storing: int
+    storing_single: int
+    retrieving: int
+    retrieving_single: int
+    processes: int
+    store_seconds: float
+    retrieve_seconds: float
+
+
 def big_study(starters: list[tuple[str, Callable[[str], Target]]], folder: str, args: argparse.Namespace
-              ) -> dict[str, tuple[int, int, int, float, float]]:
+              ) -> dict[str, Memory]:
     """Peak RSS while storing one ``--big-mb`` request, then retrieving that study (WADO-RS).
 
     Each server is started fresh for this, alone on the machine, so what earlier workloads left
-    in its memory does not count. Returns per server: (RSS at start, peak while storing, peak
-    while retrieving, store seconds, retrieve seconds).
+    in its memory does not count. RSS is summed over the server's process tree (``serve --workers
+    N``: the parent and its workers; pages they share count once per process) and also reported
+    for the largest single process.
     """
     count = max(1, int(args.big_mb * 1e6 / 525_358))
     corpus = Corpus(args.seed, "large", 1, 1, count, tag="big")
@@ -354,7 +404,8 @@ def big_study(starters: list[tuple[str, Callable[[str], Target]]], folder: str, 
     for name, start in starters:
         target = start(os.path.join(folder, "big-" + name))
         try:
-            before = RssSampler(target.pid).peak
+            before = RssSampler(target.pid)
+            processes = len(process_tree(target.pid))
             with RssSampler(target.pid) as storing:
                 stored = run(target.url, [Call("POST", "/studies", (("Content-Type", content_type),
                                                                     ("Accept", JSON)), body, units)], 1, max_seconds=3600)
@@ -365,7 +416,8 @@ def big_study(starters: list[tuple[str, Callable[[str], Target]]], folder: str, 
             target.stop()
         if got.bytes_in < len(body) * 0.99:
             print(f"  warning: {name} returned {got.bytes_in} bytes for a {len(body)}-byte study", file=sys.stderr)
-        out[name] = (before, storing.peak, retrieving.peak, stored.seconds, got.seconds)
+        out[name] = Memory(before.peak, before.peak_single, storing.peak, storing.peak_single, retrieving.peak,
+                           retrieving.peak_single, processes, stored.seconds, got.seconds)
     return out
 
 
@@ -429,11 +481,17 @@ def print_table(rows: list[list[str]], markdown: bool = False) -> str:
     return "\n".join(lines)
 
 
-def memory_rows(memory: dict[str, tuple[int, int, int, float, float]], big_mb: int) -> list[list[str]]:
-    rows = [["server", "RSS idle", f"peak storing {big_mb} MB", "peak retrieving it", "store s", "retrieve s"]]
-    for name, (before, storing, retrieving, store_s, get_s) in memory.items():
-        rows.append([name, f"{before / 2**20:.0f} MB", f"{storing / 2**20:.0f} MB", f"{retrieving / 2**20:.0f} MB",
-                     f"{store_s:.1f}", f"{get_s:.1f}"])
+def memory_rows(memory: dict[str, Memory], big_mb: int) -> list[list[str]]:
+    """RSS sums over each server's processes, with the largest single process in brackets."""
+    rows = [["server", "processes", "RSS idle", f"peak storing {big_mb} MB", "peak retrieving it", "store s",
+             "retrieve s"]]
+
+    def mb(total: int, single: int, processes: int) -> str:
+        return f"{total / 2**20:.0f} MB" + (f" (largest {single / 2**20:.0f})" if processes > 1 else "")
+    for name, m in memory.items():
+        rows.append([name, str(m.processes), mb(m.idle, m.idle_single, m.processes),
+                     mb(m.storing, m.storing_single, m.processes), mb(m.retrieving, m.retrieving_single, m.processes),
+                     f"{m.store_seconds:.1f}", f"{m.retrieve_seconds:.1f}"])
     return rows
 
 
@@ -482,17 +540,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                         help="also run our server with this environment (e.g. MALLOC_ARENA_MAX=2; CONFIG=FILE "
-                             "serves with that ini file), as another column; repeatable")
+                             "serves with that ini file, WORKERS=N with --workers N), as another column; "
+                             "repeatable")
     parser.add_argument("--qido-scaling", action="store_true", help="also run bench_qido at 1,000 and 100,000")
     parser.add_argument("--markdown", help="also write the tables as markdown to this file")
     parser.add_argument("--serve-ceiling", help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling-workers", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_ceiling:
-        serve_ceiling(args.serve_ceiling)
+        serve_ceiling(args.serve_ceiling, args.ceiling_workers)
         return 0
     loaded = Loaded(Corpus(args.seed, "large", args.studies, args.series, args.instances),
                     Corpus(args.seed, "small", args.small_studies, args.series, args.instances, tag="load-small"))
@@ -502,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         workloads = [w for w in workloads if any(word.lower() in w.name.lower() for word in args.only)]
     notes = [f"machine: {machine()}", "command: python benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None
                                                                                           else argv)]
+    notes.append(f"{OURS}: conf/dicomweb.ini as shipped ({shipped_workers()} worker processes; the ceiling runs "
+                 "in as many); CPU and RSS are summed over each server's processes")
     started = time.perf_counter()
     starters: list[tuple[str, Callable[[str], Target]]] = [
         (OURS, lambda folder: start_ours(folder, 4 * 3600))]
@@ -532,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(notes[-1], file=sys.stderr)
             if not args.no_ceiling and any(not w.stow for w in workloads):
                 os.makedirs(os.path.join(tmp, "ceiling"))
-                ceiling = start_ceiling(build_manifest(targets[0], workloads, os.path.join(tmp, "ceiling")))
+                ceiling = start_ceiling(build_manifest(targets[0], workloads, os.path.join(tmp, "ceiling")),
+                                        shipped_workers())
             cells = run_all(targets, ceiling, workloads, args, notes)
         finally:
             for target in reversed(targets + ([ceiling] if ceiling else [])):

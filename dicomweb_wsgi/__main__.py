@@ -1,8 +1,9 @@
 """Command line: ``dicomweb-wsgi serve | import | check | reindex | gc | stats | add-user | add-token``.
 
 ``serve`` with no arguments serves the embedded default (SQLite + files in ./dicomweb-data) on
-127.0.0.1:8042 under waitress. ``--config`` reads an ini file (``conf/dicomweb.ini``): the
-``[app:main]`` section's ``dicomweb.*`` keys and the ``[server:main]`` waitress keys. ``serve``
+127.0.0.1:8042 under waitress, in one process. ``--config`` reads an ini file (``conf/dicomweb.ini``):
+the ``[app:main]`` section's ``dicomweb.*`` keys and the ``[server:main]`` waitress keys, plus our
+``workers`` there (``--workers N``: N processes on one socket, ``workers.py``). ``serve``
 refuses a non-loopback address while no authentication is configured, unless
 ``allow_unauthenticated_remote`` says so. The maintenance commands exit non-zero when something
 needs attention (failed imports, an unhealthy archive), so cron and monitoring can act on them.
@@ -18,7 +19,7 @@ import logging.config
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from .auth import is_loopback, keep_peer_address
 from .config import ConfigError, Settings, load_settings
@@ -137,19 +138,47 @@ def wrap_proxy_handling(app: Any, options: dict[str, Any]) -> Any:
     return keep_peer_address(app)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import waitress
+def resolve_workers(cli: int | None, server_conf: dict[str, Any]) -> int:
+    """How many server processes: ``--workers``, else the ini's ``[server:main] workers``, else 1.
 
-    from .app import make_app
+    The key is taken out of ``server_conf`` (it is ours, not waitress's).
+    """
+    from .workers import MAX_WORKERS
 
-    settings, server_conf = load_config(args)
-    host, port = resolve_listen(args.listen, server_conf, os.environ)
-    check_listen(host, settings)
+    text = server_conf.pop("workers", None)
+    value: Any = cli if cli is not None else text if text is not None else 1
+    try:
+        count = int(value)
+    except ValueError:
+        raise ConfigError(f"[server:main] workers must be a whole number, not {value!r}") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}, not {count}")
+    return count
+
+
+def waitress_options(server_conf: Mapping[str, Any], settings: Settings) -> dict[str, Any]:
+    """WAITRESS_DEFAULTS overridden by the ini's ``[server:main]`` keys (listen and workers taken out)."""
     options: dict[str, Any] = dict(WAITRESS_DEFAULTS)
     for key, value in server_conf.items():
         options[key] = int(value) if key in WAITRESS_INT_KEYS else value
     # waitress must accept at least what the app accepts, or large STOWs fail with its own 413.
     options.setdefault("max_request_body_size", settings.max_request_body)
+    return options
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import waitress
+
+    settings, server_conf = load_config(args)
+    workers = resolve_workers(args.workers, server_conf)
+    host, port = resolve_listen(args.listen, server_conf, os.environ)
+    check_listen(host, settings)
+    options = waitress_options(server_conf, settings)
+    if workers > 1:
+        return serve_workers(settings, options, host, port, workers, args.max_seconds)
+
+    from .app import make_app
+
     app = make_app(settings)
     if args.max_seconds:
         timer = threading.Timer(args.max_seconds, os._exit, args=(0,))
@@ -178,6 +207,62 @@ def cmd_serve(args: argparse.Namespace) -> int:
             channel.stop()
         app.close()
     return 0
+
+
+def serve_workers(settings: Settings, options: dict[str, Any], host: str, port: int, count: int,
+                  max_seconds: float) -> int:
+    """``serve --workers N`` (N > 1): bind here, fork N waitress workers on the socket, supervise them.
+
+    Each worker builds its own app after the fork. Worker 0 also runs the UPS event channel (when
+    ``events_listen`` is set), polling the outbox often, since changes made through other workers
+    cannot wake it in-process.
+    """
+    import waitress
+    from waitress.adjustments import Adjustments
+
+    from .workers import Supervisor, bind_listeners, serve_until_stopped
+
+    try:
+        sockets = bind_listeners(host, port, int(options.get("backlog", 1024)))
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        Adjustments(sockets=sockets, **options)
+    except ValueError as exc:  # waitress's word for an unknown or invalid [server:main] key
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(f"[server:main]: {exc}") from exc
+
+    def worker(index: int, ready: Callable[[], None]) -> int:
+        from .app import make_app
+        from .events import CROSS_PROCESS_POLL_S, start_event_channel
+
+        try:
+            app = make_app(settings)
+            channel = None
+            try:
+                worker_options = dict(options)
+                wrapped = wrap_proxy_handling(app, worker_options)
+                server = waitress.create_server(wrapped, sockets=sockets, **worker_options)
+                if index == 0:
+                    channel = start_event_channel(settings, app.ctx.workitems, poll_interval=CROSS_PROCESS_POLL_S)
+                ready()
+                serve_until_stopped(server)
+            finally:
+                if channel is not None:
+                    channel.stop()
+                app.close()
+        except (ConfigError, StorageError) as exc:
+            return report_error(exc)
+        return 0
+
+    shown_host, shown_port = sockets[0].getsockname()[:2]
+
+    def announce() -> None:
+        print(f"dicomweb_wsgi serving {os.path.abspath(settings.data_dir)} on http://{shown_host}:{shown_port} "
+              f"with {count} worker processes", flush=True)
+
+    return Supervisor(count, worker, sockets, max_seconds=max_seconds).run(on_ready=announce)
 
 
 def open_archive(args: argparse.Namespace) -> Archive:
@@ -321,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server under waitress")
     common(serve)
     serve.add_argument("--listen", help=f"HOST:PORT to listen on (default {DEFAULT_LISTEN}; port 0 picks one)")
+    serve.add_argument("--workers", type=int, help="server processes sharing the listening socket (default: "
+                                                   "[server:main] workers, else 1)")
     serve.add_argument("--max-seconds", type=float, default=0, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
@@ -373,12 +460,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
-        print(f"dicomweb-wsgi: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except StorageError as exc:
-        print(f"dicomweb-wsgi: storage error: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, StorageError) as exc:
+        return report_error(exc)
+
+
+def report_error(exc: ConfigError | StorageError) -> int:
+    """Print a configuration or storage error the way every command does; the exit status (2)."""
+    kind = "configuration" if isinstance(exc, ConfigError) else "storage"
+    print(f"dicomweb-wsgi: {kind} error: {exc}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ client has read every frame before it. A connection lost earlier gets the batch 
 events wait in the outbox for ``events_retention_hours`` (at most ``events_max_pending`` per
 subscriber). One connection per AE title: a new one replaces the old.
 
+A commit in this process wakes the channel at once; the channel also reads the outbox every
+``poll_interval`` seconds, which is what delivers changes made by other processes: the server beside
+``dicomweb-wsgi events``, or the other workers of ``serve --workers N`` (the channel runs in worker 0
+only). Both poll every ``CROSS_PROCESS_POLL_S``.
+
 At start the channel queues an SCP Status Change (RESTARTED, WARM START: subscriptions and workitems
 are kept) for every subscriber (PS3.4 CC.2.4.3).
 """
@@ -45,6 +50,7 @@ log = logging.getLogger("dicomweb_wsgi.events")
 _PATH = re.compile(r"^(?:/[^?]*)?/subscribers/([^/?]+)/?(?:\?.*)?$")
 BATCH = 100
 PURGE_EVERY_S = 60.0
+CROSS_PROCESS_POLL_S = 0.25  # with workers, most changes are committed by another process
 
 
 def render(event: OutboxEvent) -> str:
@@ -222,14 +228,15 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def start_event_channel(settings: Settings, store: WorkitemStore, listen: str | None = None) -> EventChannel | None:
+def start_event_channel(settings: Settings, store: WorkitemStore, listen: str | None = None, *,
+                        poll_interval: float = 1.0) -> EventChannel | None:
     """Start the channel on ``listen`` or the ``events_listen`` setting (None when neither is set); print its URL."""
     address = listen or settings.events_listen
     if not address:
         return None
     host, port = _listen(address)
     try:
-        channel = EventChannel(store, host, port).start()
+        channel = EventChannel(store, host, port, poll_interval=poll_interval).start()
     except OSError as exc:
         raise ConfigError(f"cannot run the event channel on {address}: {exc.strerror or exc}") from exc
     print(f"dicomweb_wsgi events on {channel.url}/subscribers/{{aetitle}}", flush=True)
@@ -239,7 +246,8 @@ def start_event_channel(settings: Settings, store: WorkitemStore, listen: str | 
 def run_event_channel(settings: Settings, listen: str | None, max_seconds: float = 0) -> int:
     """``dicomweb-wsgi events``: the channel alone, on the data folder's outbox, until interrupted."""
     store = open_workitem_store(settings)
-    channel = start_event_channel(settings, store, listen or settings.events_listen or DEFAULT_LISTEN)
+    channel = start_event_channel(settings, store, listen or settings.events_listen or DEFAULT_LISTEN,
+                                  poll_interval=CROSS_PROCESS_POLL_S)
     try:
         threading.Event().wait(max_seconds or None)
     except KeyboardInterrupt:

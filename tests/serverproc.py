@@ -26,6 +26,7 @@ class ServerProcess:
             cmd += ["--config", config]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})})
+        self.startup_output: list[str] = []  # the lines up to and including the one with the URL
         self.url = self._wait_for_url()
         self.output: list[str] = []
         # Keep reading the server's output so a full pipe never blocks it.
@@ -52,9 +53,18 @@ class ServerProcess:
             lines.append(line)
             m = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
             if m:
+                self.startup_output = lines
                 return m.group(1)
         self.stop()
         raise RuntimeError("server did not start:\n" + "".join(lines))
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def children(self) -> list[int]:
+        """PIDs of the server's child processes (``serve --workers N``: its workers), from /proc."""
+        return child_pids(self.proc.pid)
 
     def kill(self) -> None:
         """kill -9: no chance to clean up (crash trials)."""
@@ -80,3 +90,33 @@ def stop_process(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def child_pids(parent: int) -> list[int]:
+    """Running (not zombie) processes whose parent is ``parent``, from /proc/*/stat."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and fields[0] != b"Z":
+            found.append(int(name))
+    return sorted(found)
+
+
+def process_state(pid: int) -> str:
+    """The state letter of ``pid`` in /proc (R, S, T stopped, Z zombie...); raises OSError once it is gone."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        return process_state(pid) in ("Z", "X")
+    except OSError:
+        return True

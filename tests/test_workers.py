@@ -1,0 +1,342 @@
+"""``serve --workers N`` on live servers: several processes answer on one port and share one data folder,
+a dead worker is replaced, the parent's SIGTERM stops everything (finishing a request in flight) and frees
+the port, its SIGKILL takes the workers with it, and the UPS event channel in worker 0 delivers, in order,
+the events of changes made through the other worker.
+
+Which process answers is shown with job control, not with anything added to responses: while every worker
+but one is stopped (SIGSTOP), a new connection can only be accepted by that one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Iterator
+
+import pytest
+import requests
+from pydicom.uid import generate_uid
+from websockets.sync.client import connect
+
+from dicomweb_wsgi import workflow
+from dicomweb_wsgi.testing import dataset_bytes, make_dataset
+
+from .serverproc import ServerProcess, process_gone, process_state
+from .test_concurrency import ROUNDS, check_final_state, make_pool, run_clients
+from .test_crash import SINGLE_PART, STOW_TYPE, Sent, audit_dir, instance_url, same_bytes, stow_chunks
+from .test_ups import GLOBAL, JSON, body, completion_dataset, state_body, workitem_dataset
+
+DEADLINE = 30.0
+WORKERS_2 = ("--workers", "2")
+
+
+def wait_for(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def stopped(pids: list[int]) -> Iterator[None]:
+    """Stop these processes (SIGSTOP) for the block; they continue afterwards whatever happens."""
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        for pid in pids:
+            wait_for(lambda pid=pid: process_state(pid) == "T", f"process {pid} to stop")
+        yield
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+
+def fresh_get(url: str, path: str = "/studies", **kwargs) -> requests.Response:
+    """A request on a new connection (closed afterwards), so whichever worker runs now accepts it."""
+    return requests.get(url + path, headers={"Connection": "close", **kwargs.pop("headers", {})}, timeout=DEADLINE,
+                        **kwargs)
+
+
+def store(url: str, batch: list[Sent], session: requests.Session | None = None) -> requests.Response:
+    post = (session or requests).post
+    return post(f"{url}/studies", data=b"".join(stow_chunks(batch)), headers={"Content-Type": STOW_TYPE},
+                timeout=DEADLINE)
+
+
+def new_instance(study: str | None = None) -> Sent:
+    ds = make_dataset(study_uid=study)
+    return Sent(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, dataset_bytes(ds))
+
+
+def workers_of(server: ServerProcess, count: int = 2) -> list[int]:
+    wait_for(lambda: len(server.children()) == count, f"{count} workers")
+    return server.children()
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on 127.0.0.1:port any more (what a new server start needs)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1)
+        except OSError:
+            return False
+    return True
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+# -- which processes serve --------------------------------------------------------------------------
+
+def test_workers_each_worker_serves_alone_and_all_share_one_data_folder(tmp_path):
+    with ServerProcess(str(tmp_path / "data"), extra=WORKERS_2, max_seconds=300) as server:
+        assert "with 2 worker processes" in "".join(server.startup_output)
+        first, second = workers_of(server)
+        sent = new_instance()
+        with stopped([second]):  # only `first` can accept: it stores
+            assert store(server.url, [sent]).status_code == 200
+        with stopped([first]):  # only `second` can accept: it finds and returns what `first` stored
+            resp = requests.get(instance_url(server.url, sent), headers={"Accept": SINGLE_PART,
+                                                                          "Connection": "close"}, timeout=DEADLINE)
+            assert same_bytes(resp, sent)
+            found = fresh_get(server.url, params={"StudyInstanceUID": sent.study_uid})
+            assert [s["0020000D"]["Value"] for s in found.json()] == [[sent.study_uid]]
+        assert server.children() == [first, second]  # stopping and continuing replaced nobody
+
+
+def test_workers_concurrent_stows_over_many_connections_land_exactly_once(tmp_path):
+    pool = make_pool(random.Random(3))
+    data_dir = str(tmp_path / "data")
+    with ServerProcess(data_dir, extra=WORKERS_2, max_seconds=300) as server:
+        assert len(workers_of(server)) == 2
+        tally = run_clients([server.url], pool)  # 8 writers (the same instance at the same moment) + 4 readers
+        check_final_state(server.url, data_dir, pool, tally, ROUNDS)
+        output = "".join(server.output)
+    assert "database is locked" not in output and "Traceback" not in output, output[-3000:]
+
+
+# -- supervision --------------------------------------------------------------------------------------
+
+def test_workers_killed_worker_is_replaced_and_the_server_keeps_answering(tmp_path):
+    with ServerProcess(str(tmp_path / "data"), extra=WORKERS_2, max_seconds=300) as server:
+        victim, survivor = workers_of(server)
+        os.kill(victim, signal.SIGKILL)
+        assert fresh_get(server.url).status_code == 200  # the survivor answers meanwhile
+        wait_for(lambda: len(server.children()) == 2 and victim not in server.children(), "a replacement worker")
+        replacement = next(pid for pid in server.children() if pid != survivor)
+        with stopped([survivor]):  # the replacement serves on its own
+            sent = new_instance()
+            assert store(server.url, [sent]).status_code == 200
+            assert same_bytes(requests.get(instance_url(server.url, sent), headers={"Accept": SINGLE_PART,
+                              "Connection": "close"}, timeout=DEADLINE), sent)
+        assert replacement != victim
+        wait_for(lambda: "was killed by SIGKILL" in "".join(server.output), "the restart to be logged")
+        assert re.search(rf"worker \d \(pid {victim}\) was killed by SIGKILL .*restarting it in", "".join(server.output))
+
+
+def read_head(conn: socket.socket) -> bytes:
+    """One response: its head and the Content-Length bytes of body that follow it."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+    while len(rest) < length:
+        chunk = conn.recv(65536)
+        assert chunk, data
+        rest += chunk
+    return head
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_workers_sigterm_to_parent_finishes_the_request_in_flight_stops_all_and_frees_the_port(tmp_path, signum):
+    data_dir = str(tmp_path / "data")
+    server = ServerProcess(data_dir, extra=WORKERS_2, max_seconds=300)
+    try:
+        workers = workers_of(server)
+        sent = new_instance()
+        payload = b"".join(stow_chunks([sent]))
+        with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as conn:
+            conn.sendall(b"GET /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # a worker has accepted it
+            assert read_head(conn).startswith(b"HTTP/1.1 200 ")
+            conn.sendall(f"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {STOW_TYPE}\r\n"
+                         f"Accept: application/dicom+json\r\nContent-Length: {len(payload)}\r\n\r\n".encode())
+            conn.sendall(payload[:1000])
+            server.proc.send_signal(signum)
+            # Every process has closed the listening socket: the workers are stopping now.
+            wait_for(lambda: refuses_connections(server.port), "the listening socket to close")
+            conn.sendall(payload[1000:])
+            answer = read_head(conn)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert server.proc.wait(timeout=DEADLINE) == 0
+        assert all(process_gone(pid) for pid in workers)
+        assert port_is_free(server.port)
+    finally:
+        server.stop()
+    found, _ = audit_dir(data_dir)
+    assert found.instances == 1 and found.consistent, found
+
+
+def test_workers_sigkill_to_parent_makes_the_workers_exit(tmp_path):
+    server = ServerProcess(str(tmp_path / "data"), extra=WORKERS_2, max_seconds=300)
+    try:
+        workers = workers_of(server)
+        server.kill()
+        wait_for(lambda: all(process_gone(pid) for pid in workers), "the orphaned workers to exit")
+        wait_for(lambda: port_is_free(server.port), "the port to be free")
+    finally:
+        server.stop()
+        for pid in workers:  # never leave one behind, even if the test failed
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_workers_max_seconds_stops_the_parent_and_its_workers(tmp_path):
+    server = ServerProcess(str(tmp_path / "data"), extra=WORKERS_2, max_seconds=4)
+    try:
+        workers = workers_of(server)
+        assert server.proc.wait(timeout=DEADLINE) == 0
+        assert all(process_gone(pid) for pid in workers)
+    finally:
+        server.stop()
+
+
+# -- configuration -------------------------------------------------------------------------------------
+
+def test_workers_one_is_a_single_process_and_the_ini_key_sets_the_count(tmp_path):
+    ini = tmp_path / "site.ini"
+    ini.write_text("[server:main]\nworkers = 2\nthreads = 4\n")
+    with ServerProcess(str(tmp_path / "data"), config=str(ini), extra=("--workers", "1"), max_seconds=120) as one:
+        assert fresh_get(one.url).status_code == 200
+        assert one.children() == []
+        assert "worker processes" not in "".join(one.startup_output)
+    with ServerProcess(str(tmp_path / "data"), config=str(ini), max_seconds=120) as two:
+        assert len(workers_of(two)) == 2
+        assert fresh_get(two.url).status_code == 200
+
+
+@pytest.mark.parametrize("flag, ini_text, message", [
+    (("--workers", "0"), "", "workers must be between 1 and 64, not 0"),
+    ((), "[server:main]\nworkers = many\n", "workers must be a whole number, not 'many'"),
+    (("--workers", "2"), "[server:main]\nthreadz = 4\n", "threadz"),
+])
+def test_workers_invalid_settings_exit_2_with_a_message(tmp_path, flag, ini_text, message):
+    ini = tmp_path / "site.ini"
+    ini.write_text(ini_text)
+    result = subprocess.run([sys.executable, "-m", "dicomweb_wsgi", "serve", "--config", str(ini), "--data",
+                             str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--max-seconds", "30", *flag],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+def test_workers_worker_that_cannot_start_ends_the_server_with_status_2(tmp_path):
+    with socket.socket() as taken:  # worker 0 cannot run the event channel on a port in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        ini = tmp_path / "site.ini"
+        ini.write_text(f"[app:main]\ndicomweb.events_listen = 127.0.0.1:{taken.getsockname()[1]}\n")
+        result = subprocess.run([sys.executable, "-m", "dicomweb_wsgi", "serve", "--config", str(ini), "--data",
+                                 str(tmp_path / "d"), "--listen", "127.0.0.1:0", "--max-seconds", "60",
+                                 "--workers", "2"], capture_output=True, text=True, timeout=90)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "cannot run the event channel" in result.stderr and "worker 0 could not start" in result.stderr
+    assert "serving" not in result.stdout
+
+
+# -- the UPS event channel -------------------------------------------------------------------------------
+
+def ups_lifecycle(session: requests.Session, url: str, uid: str) -> None:
+    """Create a workitem, claim it, set its final attributes and complete it (PS3.18 §11.4, §11.6, §11.7)."""
+    def ok(resp: requests.Response, status: int) -> None:
+        assert resp.status_code == status, resp.text[:300]
+    ok(session.post(f"{url}/workitems?{uid}", body(workitem_dataset()), headers=JSON, timeout=DEADLINE), 201)
+    tuid = generate_uid()
+    ok(session.put(f"{url}/workitems/{uid}/state", state_body("IN PROGRESS", tuid), headers=JSON,
+                   timeout=DEADLINE), 200)
+    ok(session.post(f"{url}/workitems/{uid}?{tuid}", body(completion_dataset()), headers=JSON, timeout=DEADLINE), 200)
+    ok(session.put(f"{url}/workitems/{uid}/state", state_body("COMPLETED", tuid), headers=JSON,
+                   timeout=DEADLINE), 200)
+
+
+def summary(report: dict) -> tuple:
+    state = report.get("00741000", {}).get("Value", [None])[0]
+    return report["00001002"]["Value"][0], state
+
+
+def test_workers_event_channel_delivers_changes_made_through_every_worker_in_order(tmp_path):
+    ini = tmp_path / "site.ini"
+    ini.write_text("[app:main]\ndicomweb.events_listen = 127.0.0.1:0\n"
+                   "dicomweb.fsync = false\ndicomweb.sqlite_synchronous = normal\n")
+    with ServerProcess(str(tmp_path / "data"), config=str(ini), extra=WORKERS_2, max_seconds=300) as server:
+        startup = "".join(server.startup_output)
+        ws_url = re.search(r"events on (ws://127\.0\.0\.1:\d+)/subscribers/", startup).group(1)
+        channel_pid = int(re.search(r"worker 0 started \(pid (\d+)\)", startup).group(1))
+        other_pid = next(pid for pid in workers_of(server) if pid != channel_pid)
+        # Keep-alive sessions opened while one worker is stopped stay with the other: half of the clients
+        # talk to worker 0 (which runs the channel), half to worker 1 (whose commits it cannot hear).
+        sessions = []
+        for pinned_away_from in (channel_pid, other_pid, channel_pid, other_pid, channel_pid, other_pid):
+            with stopped([pinned_away_from]):
+                session = requests.Session()
+                assert session.get(f"{server.url}/workitems", timeout=DEADLINE).status_code in (200, 204)
+                sessions.append(session)
+        with connect(f"{ws_url}/subscribers/WATCHER") as ws:
+            assert sessions[0].post(f"{server.url}/workitems/{GLOBAL}/subscribers/WATCHER",
+                                    timeout=DEADLINE).status_code == 201
+            uids = [[generate_uid() for _ in range(3)] for _ in sessions]
+            errors: list[BaseException] = []
+
+            def client(number: int) -> None:
+                try:
+                    for uid in uids[number]:
+                        ups_lifecycle(sessions[number], server.url, uid)
+                except BaseException as exc:  # reported by the main thread
+                    errors.append(exc)
+            threads = [threading.Thread(target=client, args=(n,)) for n in range(len(sessions))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            expected = {uid for row in uids for uid in row}
+            reports: list[dict] = []
+            completed: set[str] = set()
+            while completed != expected:
+                report = json.loads(ws.recv(timeout=DEADLINE))
+                reports.append(report)
+                if summary(report) == (1, "COMPLETED"):
+                    completed.add(report["00001000"]["Value"][0])
+        for session in sessions:
+            session.close()
+    ids = [r["00000110"]["Value"][0] for r in reports]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # queue order, nothing twice
+    by_uid: dict[str, list[tuple]] = {}
+    for report in reports:
+        by_uid.setdefault(report["00001000"]["Value"][0], []).append(summary(report))
+    assert set(by_uid) == expected
+    # State reports, and the Assigned report of a workitem created with a station (PS3.4 CC.2.4).
+    lifecycle = [(1, "SCHEDULED"), (5, None), (1, "IN PROGRESS"), (1, "COMPLETED")]
+    assert all(events == lifecycle for events in by_uid.values()), by_uid
+    assert all(r["00000002"]["Value"] == [workflow.UPS_PUSH_SOP_CLASS] for r in reports)
