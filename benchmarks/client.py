@@ -237,11 +237,23 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` now: its private pages plus its share of pages it shares with
+    other processes (the copy-on-write modules of ``serve --workers``), so sums over processes count
+    every page once."""
+    with open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 class RssSampler:
     """Samples the RSS of a process tree every ``interval`` seconds in a thread.
 
     ``peak`` is the largest sum over the process and its descendants (parent + workers) seen,
-    ``peak_single`` the largest single process. The tree is looked up again every ``REFRESH`` samples
+    ``peak_single`` the largest single process, ``peak_pss`` the largest sum of proportional set sizes
+    (what the tree takes from the machine: shared pages counted once). The tree is looked up again every ``REFRESH`` samples
     (a restarted worker joins it), so sampling stays cheap next to the server.
     """
 
@@ -250,21 +262,23 @@ class RssSampler:
     def __init__(self, pid: int, interval: float = 0.01) -> None:
         self.pid, self.interval = pid, interval
         self._pids = process_tree(pid)
-        self.peak = self.peak_single = 0
+        self.peak = self.peak_single = self.peak_pss = 0
         self._sample()
         self.start_rss, self.start_single = self.peak, self.peak_single
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        sizes = []
+        sizes, pss = [], 0
         for pid in self._pids:
             try:
                 sizes.append(rss_bytes(pid))
+                pss += pss_bytes(pid)
             except OSError:
                 if pid == self.pid:
                     raise
         self.peak = max(self.peak, sum(sizes))
+        self.peak_pss = max(self.peak_pss, pss)
         self.peak_single = max([self.peak_single] + sizes)
 
     def _run(self) -> None:

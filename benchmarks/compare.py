@@ -383,6 +383,9 @@ class Memory:
     retrieving: int
     retrieving_single: int
     processes: int
+    idle_pss: int
+    storing_pss: int
+    retrieving_pss: int
     store_seconds: float
     retrieve_seconds: float
 
@@ -394,7 +397,7 @@ def big_study(starters: list[tuple[str, Callable[[str], Target]]], folder: str, 
     Each server is started fresh for this, alone on the machine, so what earlier workloads left
     in its memory does not count. RSS is summed over the server's process tree (``serve --workers
     N``: the parent and its workers; pages they share count once per process) and also reported
-    for the largest single process.
+    for the largest single process; PSS, summed, counts shared pages once (what the server takes).
     """
     count = max(1, int(args.big_mb * 1e6 / 525_358))
     corpus = Corpus(args.seed, "large", 1, 1, count, tag="big")
@@ -417,7 +420,8 @@ def big_study(starters: list[tuple[str, Callable[[str], Target]]], folder: str, 
         if got.bytes_in < len(body) * 0.99:
             print(f"  warning: {name} returned {got.bytes_in} bytes for a {len(body)}-byte study", file=sys.stderr)
         out[name] = Memory(before.peak, before.peak_single, storing.peak, storing.peak_single, retrieving.peak,
-                           retrieving.peak_single, processes, stored.seconds, got.seconds)
+                           retrieving.peak_single, processes, before.peak_pss, storing.peak_pss,
+                           retrieving.peak_pss, stored.seconds, got.seconds)
     return out
 
 
@@ -483,15 +487,16 @@ def print_table(rows: list[list[str]], markdown: bool = False) -> str:
 
 def memory_rows(memory: dict[str, Memory], big_mb: int) -> list[list[str]]:
     """RSS sums over each server's processes, with the largest single process in brackets."""
-    rows = [["server", "processes", "RSS idle", f"peak storing {big_mb} MB", "peak retrieving it", "store s",
-             "retrieve s"]]
+    rows = [["server", "processes", "RSS idle", f"peak storing {big_mb} MB", "peak retrieving it",
+             "PSS idle / storing / retrieving", "store s", "retrieve s"]]
 
     def mb(total: int, single: int, processes: int) -> str:
         return f"{total / 2**20:.0f} MB" + (f" (largest {single / 2**20:.0f})" if processes > 1 else "")
     for name, m in memory.items():
+        pss = " / ".join(f"{v / 2**20:.0f}" for v in (m.idle_pss, m.storing_pss, m.retrieving_pss)) + " MB"
         rows.append([name, str(m.processes), mb(m.idle, m.idle_single, m.processes),
                      mb(m.storing, m.storing_single, m.processes), mb(m.retrieving, m.retrieving_single, m.processes),
-                     f"{m.store_seconds:.1f}", f"{m.retrieve_seconds:.1f}"])
+                     pss, f"{m.store_seconds:.1f}", f"{m.retrieve_seconds:.1f}"])
     return rows
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -46,11 +47,7 @@ class SqliteDatabase:
         """This thread's connection (created on first use)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=self.busy_timeout_ms / 1000)
-            for pragma in (f"busy_timeout={int(self.busy_timeout_ms)}", "journal_mode=WAL",
-                           f"synchronous={self.synchronous}", *self._pragmas):
-                conn.execute("PRAGMA " + pragma)
+            conn = self._connect()
             for fname, (nargs, func) in self._functions.items():
                 conn.create_function(fname, nargs, func, deterministic=True)
             conn.row_factory = sqlite3.Row
@@ -58,6 +55,30 @@ class SqliteDatabase:
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """A new connection in WAL mode with our pragmas.
+
+        Switching a new database to WAL needs an exclusive lock, and SQLite may answer "database is
+        locked" at once, without waiting on the busy timeout, when another process holds one (several
+        workers or servers opening a fresh data folder together): retried here until the timeout.
+        """
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.005
+        while True:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=self.busy_timeout_ms / 1000)
+            try:
+                for pragma in (f"busy_timeout={int(self.busy_timeout_ms)}", "journal_mode=WAL",
+                               f"synchronous={self.synchronous}", *self._pragmas):
+                    conn.execute("PRAGMA " + pragma)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise StorageError(f"{self.name} unavailable: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 0.2)
 
     def close(self) -> None:
         """Close every thread's connection."""

@@ -1,0 +1,74 @@
+"""storage/sqlite_db.py: several processes opening one new database at the same moment.
+
+`serve --workers N` and two servers on one data folder both do this (the NPI index, for example, is
+created by whichever worker gets the first NPI request). Every opener must get a working database,
+never a raw "database is locked".
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import pytest
+
+from dicomweb_wsgi.storage.sqlite_index import SqliteIndex
+
+OPENERS = 6
+
+
+def _open_and_read(path: str, barrier, results) -> None:
+    barrier.wait()
+    try:
+        index = SqliteIndex(path)
+        index.connection().execute("SELECT count(*) FROM study").fetchone()
+        index.close()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which fails the test with it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+@pytest.mark.parametrize("round_", range(8))
+def test_processes_creating_one_new_database_at_once_all_succeed(tmp_path, round_):
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(OPENERS), ctx.Queue()
+    path = os.path.join(tmp_path, "index.sqlite3")
+    procs = [ctx.Process(target=_open_and_read, args=(path, barrier, results)) for _ in range(OPENERS)]
+    for proc in procs:
+        proc.start()
+    outcomes = [results.get(timeout=60) for _ in procs]
+    for proc in procs:
+        proc.join(60)
+    assert outcomes == ["ok"] * OPENERS
+
+
+def test_opening_waits_for_another_process_lock_instead_of_failing(tmp_path):
+    import sqlite3
+    import threading
+
+    path = os.path.join(tmp_path, "index.sqlite3")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")  # what another process creating the database holds for a moment
+    release = threading.Timer(0.3, holder.execute, args=("COMMIT",))
+    release.start()
+    try:
+        index = SqliteIndex(path, busy_timeout_ms=10000)
+        assert index.connection().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        index.close()
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_a_lock_held_past_the_busy_timeout_is_a_storage_error(tmp_path):
+    import sqlite3
+
+    from dicomweb_wsgi.storage.base import StorageError
+
+    path = os.path.join(tmp_path, "index.sqlite3")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StorageError, match="index unavailable"):
+            SqliteIndex(path, busy_timeout_ms=200)
+    finally:
+        holder.close()
