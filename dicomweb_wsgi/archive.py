@@ -81,7 +81,7 @@ class Archive:
 
         Results are yielded as their batch commits, so everything yielded is durable.
         """
-        pending: list[tuple[Prepared, Future[str]]] = []
+        pending: list[tuple[Prepared, Future[str] | str]] = []
         try:
             for result in self._store_all(paths, expected_study, pending):
                 _audit_store(result)
@@ -90,6 +90,9 @@ class Archive:
             # The request broke off (malformed or truncated body, client gone): instances not yet
             # committed leave no trace.
             for _, put in pending:
+                if isinstance(put, str):
+                    _unlink(put)
+                    continue
                 try:
                     self._delete_blob(put.result())
                 except StorageError:
@@ -106,8 +109,11 @@ class Archive:
     def _put_soon(self, path: str) -> Future[str]:
         """Make a blob durable on a worker thread, so its fsyncs overlap the parsing of the next part.
 
-        The index commit of a batch waits for every one of its blobs: the order (blob durable, then
-        index) is the same as storing them one by one.
+        Only a part that another part follows goes to the pool (when that part arrives); the last
+        part of a batch is put by the committing thread itself, which would otherwise just wait
+        for the worker (one instance per request: no thread hand-over at all). The index commit of
+        a batch waits for every one of its blobs: the order (blob durable, then index) is the same
+        as storing them one by one.
         """
         with self._pool_lock:
             if self._pool is None:
@@ -115,8 +121,10 @@ class Archive:
         return self._pool.submit(self._put, path)
 
     def _store_all(self, paths: Iterable[str], expected_study: str | None,
-                   pending: list[tuple[Prepared, Future[str]]]) -> Iterator[StoreResult]:
+                   pending: list[tuple[Prepared, Future[str] | str]]) -> Iterator[StoreResult]:
         for path in paths:
+            if pending and isinstance(pending[-1][1], str):  # another part follows: its blob goes to the pool
+                pending[-1] = (pending[-1][0], self._put_soon(pending[-1][1]))
             try:
                 prepared = prepare(path, bulk_threshold=self.settings.bulk_threshold)
             except IngestError as exc:
@@ -136,7 +144,7 @@ class Archive:
                                   f"StudyInstanceUID {prepared.study_uid} does not match the target study "
                                   f"{expected_study}")
                 continue
-            pending.append((prepared, self._put_soon(path)))
+            pending.append((prepared, path))
             if len(pending) >= COMMIT_BATCH:
                 batch = pending[:]
                 pending.clear()
@@ -146,11 +154,11 @@ class Archive:
             pending.clear()
             yield from self._commit(batch)
 
-    def _commit(self, batch: list[tuple[Prepared, Future[str]]]) -> Iterator[StoreResult]:
+    def _commit(self, batch: list[tuple[Prepared, Future[str] | str]]) -> Iterator[StoreResult]:
         pending: list[tuple[Prepared, str]] = []
         for prepared, put in batch:
             try:
-                pending.append((prepared, put.result()))
+                pending.append((prepared, self._put(put) if isinstance(put, str) else put.result()))
             except StorageError as exc:
                 log.error("blob write failed: %s", exc)
                 yield _failed(prepared, DicomStatus.OUT_OF_RESOURCES, f"cannot write the instance: {exc}")

@@ -586,9 +586,13 @@ def _fallback_json(elem: Any, ctx: _Ctx, path: str, base: int | None) -> dict[st
         return {"vr": "UN"}
 
 
+# One encoder for every call: json.dumps with non-default options builds a new one each time.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON text (UTF-8 friendly, no NaN) for storing a DICOM JSON object or array."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(obj)
 
 
 def select_attributes(obj: dict[str, Any], tags: Collection[str] | None) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from functools import partial
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -96,12 +97,26 @@ class FrameLayout:
         )
 
 
-def _int(ds: Dataset, keyword: str, default: int) -> int:
+def _int(image: Callable[[str], Any], keyword: str, default: int) -> int:
     try:
-        value = ds.get(keyword)
+        value = image(keyword)
         return default if value in (None, "") else int(value)
     except (TypeError, ValueError):
         return default
+
+
+# The image attributes a native layout needs, by keyword, as DICOM JSON keys.
+_IMAGE_TAGS = {"Rows": "00280010", "Columns": "00280011", "SamplesPerPixel": "00280002",
+               "BitsAllocated": "00280100", "NumberOfFrames": "00280008", "PhotometricInterpretation": "00280004"}
+
+
+def _json_value(attrs: Mapping[str, Any], keyword: str) -> Any:
+    """An image attribute from DICOM JSON, shaped as ``Dataset.get`` returns it: one value, a list
+    for several (which ``_int`` refuses, as it refuses pydicom's MultiValue), None when empty."""
+    values = attrs.get(_IMAGE_TAGS[keyword], {}).get("Value")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
 
 
 def _transfer_syntax(ds: Dataset) -> str | None:
@@ -138,24 +153,28 @@ def _read_element_header(fp: BinaryIO, implicit: bool, little: bool) -> tuple[in
     return tag, struct.unpack(e + "H", head[6:])[0]
 
 
-def scan_layout(path: str, ds: Dataset | None = None) -> FrameLayout | None:
+def scan_layout(path: str, ds: Dataset | None = None, attrs: Mapping[str, Any] | None = None,
+                size: int | None = None) -> FrameLayout | None:
     """Compute the frame layout of the PS3.10 file at ``path``.
 
-    ``ds`` may be the data set already parsed by the caller; it is only used to skip the work
-    early (no Pixel Data, deflated). Offsets always come from the file itself. Returns ``None``
-    when there is no Pixel Data, when the file is deflated (offsets in the file are not offsets
-    in the data set), or when the encapsulated fragments cannot be assigned to frames.
+    ``ds`` may be the data set already parsed by the caller (with deferred values, so pydicom
+    knows where Pixel Data starts); ``attrs`` its DICOM JSON and ``size`` the file's size, if the
+    caller has them, so the image attributes are not converted a second time. Offsets always come
+    from the file itself. Returns ``None`` when there is no Pixel Data, when the file is deflated
+    (offsets in the file are not offsets in the data set), or when the encapsulated fragments
+    cannot be assigned to frames.
     """
     if ds is not None:
-        if "PixelData" not in ds:
+        if _PIXEL_DATA not in ds:
             return None
-        if _transfer_syntax(ds) == _DEFLATED:
+        ts = _transfer_syntax(ds)
+        if ts == _DEFLATED:
             return None
         raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.value_tell is not None:
             # The caller read the file with deferred values: pydicom already knows where the Pixel
             # Data value starts, so the header need not be parsed a second time.
-            return _layout_at(path, ds, raw.value_tell, raw.length)
+            return _layout_at(path, ds, ts, raw.value_tell, raw.length, attrs, size)
     with open(path, "rb") as fp:
         # stop_before_pixels leaves the file positioned on the (7FE0,0010) tag at the top level.
         try:
@@ -181,22 +200,23 @@ def scan_layout(path: str, ds: Dataset | None = None) -> FrameLayout | None:
                 return None
             fp.seek(0, 2)
             present = fp.tell() - value_offset
-            return _native_layout(hdr, ts, value_offset, min(length, present))
+            return _native_layout(hdr.get, ts, value_offset, min(length, present))
         if length != _UNDEFINED:
             return None
         return _encapsulated_layout(fp, hdr, ts)
 
 
-def _layout_at(path: str, ds: Dataset, value_offset: int, length: int) -> FrameLayout | None:
+def _layout_at(path: str, ds: Dataset, ts: str | None, value_offset: int, length: int,
+               attrs: Mapping[str, Any] | None, size: int | None) -> FrameLayout | None:
     """The layout of a Pixel Data value known to start at ``value_offset`` with ``length``."""
-    ts = _transfer_syntax(ds)
     if ts is None:
         return None
     if ts in _NATIVE:
         if length == _UNDEFINED:
             return None
-        present = os.path.getsize(path) - value_offset
-        return _native_layout(ds, ts, value_offset, min(length, present))
+        present = (os.path.getsize(path) if size is None else size) - value_offset
+        image = ds.get if attrs is None else partial(_json_value, attrs)
+        return _native_layout(image, ts, value_offset, min(length, present))
     if length != _UNDEFINED:
         return None
     with open(path, "rb") as fp:
@@ -204,16 +224,17 @@ def _layout_at(path: str, ds: Dataset, value_offset: int, length: int) -> FrameL
         return _encapsulated_layout(fp, ds, ts)
 
 
-def _native_layout(hdr: Dataset, ts: str, value_offset: int, length: int) -> FrameLayout | None:
-    rows = _int(hdr, "Rows", 0)
-    cols = _int(hdr, "Columns", 0)
-    spp = _int(hdr, "SamplesPerPixel", 1)
-    bits = _int(hdr, "BitsAllocated", 0)
-    frames = max(1, _int(hdr, "NumberOfFrames", 1))
+def _native_layout(image: Callable[[str], Any], ts: str, value_offset: int, length: int) -> FrameLayout | None:
+    """``image(keyword)`` is an image attribute's value as pydicom gives it (``Dataset.get``)."""
+    rows = _int(image, "Rows", 0)
+    cols = _int(image, "Columns", 0)
+    spp = _int(image, "SamplesPerPixel", 1)
+    bits = _int(image, "BitsAllocated", 0)
+    frames = max(1, _int(image, "NumberOfFrames", 1))
     if rows <= 0 or cols <= 0 or bits <= 0 or spp <= 0:
         return None
     pixels = rows * cols * spp
-    if spp == 3 and str(hdr.get("PhotometricInterpretation", "")).strip() == "YBR_FULL_422":
+    if spp == 3 and str(image("PhotometricInterpretation") or "").strip() == "YBR_FULL_422":
         # Native YBR_FULL_422 stores two luma and one Cb/Cr pair per two pixels (PS3.3 C.7.6.3.1.2).
         pixels = rows * cols * 2
     bits_per_frame = pixels * bits
@@ -261,7 +282,7 @@ def _encapsulated_layout(fp: BinaryIO, hdr: Dataset, ts: str) -> FrameLayout | N
     if not items:
         return None
 
-    declared = max(1, _int(hdr, "NumberOfFrames", 1))
+    declared = max(1, _int(hdr.get, "NumberOfFrames", 1))
     starts: list[int] | None = None
     eot = hdr.get("ExtendedOffsetTable")
     if eot:

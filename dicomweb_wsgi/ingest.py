@@ -7,6 +7,7 @@ the indexed column values, and the byte layout of frames and bulk data.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -92,13 +93,11 @@ def column_value(element: dict) -> str | None:
     return "\\".join(parts)
 
 
-def _check_not_truncated(ds: pydicom.Dataset, path: str, ts: str) -> None:
+def _check_not_truncated(ds: pydicom.Dataset, size: int, ts: str) -> None:
     """Deferred values are not read at parse time: make sure each one lies within the file."""
     if ts == "1.2.840.10008.1.2.1.99":  # deflated: offsets are in the inflated stream
         return
-    size = os.path.getsize(path)
-    for tag in ds.keys():
-        elem = ds.get_item(tag, keep_deferred=True)
+    for elem in ds.values():  # the stored elements as read: raw ones are not converted
         if isinstance(elem, RawDataElement) and elem.value is None and elem.length != 0xFFFFFFFF:
             if elem.value_tell + elem.length > size:
                 raise IngestError(DicomStatus.CANNOT_UNDERSTAND,
@@ -165,47 +164,90 @@ def _deflated_data_start(fh: BinaryIO) -> int | None:
     return fh.tell() - 8 if syntax == DEFLATED else None
 
 
-def check_inflated_size(path: str, limit: int = MAX_INFLATED_SIZE) -> None:
-    """Refuse a deflated file whose data set inflates beyond ``limit`` bytes (a decompression bomb)."""
-    with open(path, "rb") as fh:
-        start = _deflated_data_start(fh)
-        if start is None:
-            return
-        fh.seek(start)
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        total = 0
-        try:
-            while not inflater.eof:
-                data = fh.read(1 << 16)
-                if not data:
-                    break
-                while data:
-                    total += len(inflater.decompress(data, 1 << 20))
-                    if total > limit:
-                        raise IngestError(DicomStatus.CANNOT_UNDERSTAND,
-                                          f"the deflated data set inflates to more than {limit} bytes")
-                    data = inflater.unconsumed_tail
-        except zlib.error as exc:
-            raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"corrupt deflated data set: {exc}") from exc
+def check_inflated_size(source: str | BinaryIO, limit: int = MAX_INFLATED_SIZE) -> None:
+    """Refuse a deflated file whose data set inflates beyond ``limit`` bytes (a decompression bomb).
+
+    ``source`` is the file's path or the file itself (seekable, e.g. its bytes in a ``BytesIO``).
+    """
+    if isinstance(source, str):
+        with open(source, "rb") as fh:
+            _check_inflated_size(fh, limit)
+    else:
+        _check_inflated_size(source, limit)
+
+
+def _check_inflated_size(fh: BinaryIO, limit: int) -> None:
+    start = _deflated_data_start(fh)
+    if start is None:
+        return
+    fh.seek(start)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while not inflater.eof:
+            data = fh.read(1 << 16)
+            if not data:
+                break
+            while data:
+                total += len(inflater.decompress(data, 1 << 20))
+                if total > limit:
+                    raise IngestError(DicomStatus.CANNOT_UNDERSTAND,
+                                      f"the deflated data set inflates to more than {limit} bytes")
+                data = inflater.unconsumed_tail
+    except zlib.error as exc:
+        raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"corrupt deflated data set: {exc}") from exc
+
+
+# Uploads up to this size are read into memory once and parsed from there: pydicom asks its file for
+# the position at every element, and on a real file each ask is a system call (lseek) during which
+# the thread lets go of the GIL. Larger files are parsed from disk, so memory per request stays bounded.
+IN_MEMORY_LIMIT = 2 << 20
+
+
+def _read_upload(path: str) -> tuple[bytes | None, int]:
+    """The upload's bytes (None above ``IN_MEMORY_LIMIT``) and size, after adding a missing preamble."""
+    for _ in range(2):
+        with open(path, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.readall() if size <= IN_MEMORY_LIMIT else fh.read(132)
+        if data[128:132] == b"DICM" or not data.startswith(b"\x02\x00"):
+            break
+        add_missing_preamble(path)
+    return (data if size <= IN_MEMORY_LIMIT else None), size
+
+
+def _sop_uid_text(ds: pydicom.Dataset, keyword: str, tag: int) -> str:
+    """A SOP UID as text: what ``str(ds.get(keyword))`` gives, decoded straight from the raw bytes
+    when that is the same (one UI value), without pydicom's conversion and validation."""
+    elem = ds.get_item(tag, keep_deferred=True)
+    if elem is None:
+        return ""
+    if type(elem) is RawDataElement and elem.VR in ("UI", None) and isinstance(elem.value, bytes) \
+            and b"\\" not in elem.value:
+        return elem.value.decode("latin-1").rstrip(" \x00").strip()
+    return str(ds.get(keyword, "") or "").strip()
 
 
 def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
     """Parse and validate one uploaded file; raises IngestError with the FailureReason to report."""
-    add_missing_preamble(path)
-    check_inflated_size(path)
+    data, size = _read_upload(path)
+    source: str | BinaryIO = path if data is None else io.BytesIO(data)
+    check_inflated_size(source)
+    if data is not None:
+        source.seek(0)  # type: ignore[union-attr]
     try:
-        ds = pydicom.dcmread(path, defer_size=max(bulk_threshold, 256))
+        ds = pydicom.dcmread(source, defer_size=max(bulk_threshold, 256))
         ts = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     except (InvalidDicomError, EOFError) as exc:
         raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"not a DICOM PS3.10 file: {exc}") from exc
     except Exception as exc:  # pydicom raises many types on damaged input
         raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"cannot parse the DICOM file: {exc}") from exc
     try:
-        sop_class = str(ds.get("SOPClassUID", "") or "").strip()
-        sop_uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        sop_class = _sop_uid_text(ds, "SOPClassUID", 0x00080016)
+        sop_uid = _sop_uid_text(ds, "SOPInstanceUID", 0x00080018)
     except Exception as exc:
         raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"cannot read the SOP identification: {exc}") from exc
-    _check_not_truncated(ds, path, ts)
+    _check_not_truncated(ds, size, ts)
     if not ts or not is_valid_uid(ts):
         raise IngestError(DicomStatus.CANNOT_UNDERSTAND, "missing or invalid TransferSyntaxUID in the file meta",
                           sop_class_uid=sop_class or None, sop_uid=sop_uid or None)
@@ -241,12 +283,15 @@ def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
             columns[attr.level][attr.column] = column_value(element)
     layout = None
     try:
-        layout = frames.scan_layout(path, ds)
+        layout = frames.scan_layout(path, ds, obj, size)
     except Exception:  # a damaged pixel data element is served by parsing the file instead
         layout = None
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        size = fh.tell()
+    if data is not None:
+        digest = hashlib.sha256(data).hexdigest()
+    else:
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            size = fh.tell()
     if layout is not None and layout.fragments is not None and any(
             offset + length > size for frame in layout.fragments for offset, length in frame):
         # An item length inside encapsulated Pixel Data (undefined length, so not checked above) lies.

@@ -168,10 +168,7 @@ def _iter_parts(
         headers = _read_headers(src, max_header_bytes, count)
         content_type = None
         if "content-type" in headers:
-            try:
-                content_type = parse_media_type(headers["content-type"])
-            except BadRequest as exc:
-                raise BadRequest(f"part {count}: {exc.reason}") from None
+            content_type = _part_media_type(headers["content-type"], count)
         path, size = _spool_body(src, boundary, spool_dir, max_part_size, count)
         try:
             closed = _read_delimiter_rest(src)
@@ -179,6 +176,24 @@ def _iter_parts(
             os.unlink(path)
             raise
         yield Part(MappingProxyType(headers), content_type, headers.get("content-location"), path, size)
+
+
+# Parsed part Content-Types by header value: the parts of a request (and of most requests) repeat one
+# or two values, and MediaType is immutable. Bounded, since the values come from the client.
+_PART_TYPES: dict[str, MediaType] = {}
+_PART_TYPES_MAX = 64
+
+
+def _part_media_type(value: str, number: int) -> MediaType:
+    found = _PART_TYPES.get(value)
+    if found is None:
+        try:
+            found = parse_media_type(value)
+        except BadRequest as exc:
+            raise BadRequest(f"part {number}: {exc.reason}") from None
+        if len(_PART_TYPES) < _PART_TYPES_MAX:
+            _PART_TYPES[value] = found
+    return found
 
 
 def _skip_preamble(src: _Input, boundary: bytes) -> bool:

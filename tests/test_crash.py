@@ -472,6 +472,7 @@ if point.startswith("delete"):
     client.post("/studies", body, headers={"Content-Type": content_type}, status=200)
 patches = {
     "blob-renamed": (file_blobs, "fsync_dir", die),
+    "blob-file-flush": (file_blobs, "fsync_file", die),
     "blob-durable": (file_blobs.FileBlobStore, "put", then_die(file_blobs.FileBlobStore.put)),
     "before-commit": (sqlite_index.SqliteIndex, "add_instances", die),
     "committed": (sqlite_index.SqliteIndex, "add_instances", then_die(sqlite_index.SqliteIndex.add_instances)),
@@ -516,6 +517,7 @@ def test_crash_kill9_at_each_moment_loses_nothing_acknowledged(tmp_path):
 
 @pytest.mark.parametrize("point, survives", [
     ("blob-renamed", False),
+    ("blob-file-flush", False),
     ("blob-durable", False),
     ("before-commit", False),
     ("committed", True),

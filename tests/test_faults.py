@@ -67,15 +67,16 @@ def durable_app(tmp_path):
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
-@pytest.mark.parametrize("step", ["rename", "fsync_dir"])
+@pytest.mark.parametrize("step", ["rename", "fsync_dir", "fsync_file"])
 def test_faults_blob_write_failure_returns_503_a700_and_leaves_nothing(durable_app, monkeypatch, code, step):
     client = webtest.TestApp(durable_app)
     study = new_uid()
     datasets = [make_dataset(study_uid=study), make_dataset(study_uid=study)]
     if step == "rename":
         monkeypatch.setattr(file_blobs.os, "rename", _os_error(code))
-    else:  # the rename happened, but it cannot be made durable: the blob must not stay behind
-        monkeypatch.setattr(file_blobs, "fsync_dir", _os_error(code))
+    else:  # the rename happened (it comes first), but the file or its folder cannot be flushed:
+        # the blob must not stay behind under its key, and no index row may name it
+        monkeypatch.setattr(file_blobs, step, _os_error(code))
     resp = store(client, datasets, status=503)
     assert _failure_reasons(resp.json) == [OUT_OF_RESOURCES, OUT_OF_RESOURCES]
     assert "cannot write the instance" in resp.headers["Warning"]

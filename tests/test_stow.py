@@ -240,6 +240,26 @@ def test_stow_many_small_parts_in_one_request(dicomweb_app, dicomweb_client):
     assert tuple(row) == (1, 250, "CT")
 
 
+def test_stow_study_and_series_attributes_follow_the_latest_instance_of_a_request(dicomweb_client):
+    # One transaction writes the study and series rows once per distinct set of values: A, B, A
+    # must end on A (the third write is not skipped as a repeat of the first).
+    study, series = new_uid(), new_uid()
+    datasets = [make_dataset(study_uid=study, series_uid=series, StudyDescription=d, SeriesDescription=d)
+                for d in ("CHEST A", "CHEST B", "CHEST A", "CHEST A")]
+    store(dicomweb_client, datasets)
+    studies = dicomweb_client.get("/studies", params={"StudyInstanceUID": study,
+                                                      "includefield": "StudyDescription"}).json
+    assert [s["00081030"]["Value"] for s in studies] == [["CHEST A"]]
+    found = dicomweb_client.get(f"/studies/{study}/series", params={"includefield": "SeriesDescription"}).json
+    assert [s["0008103E"]["Value"] for s in found] == [["CHEST A"]]
+    store(dicomweb_client, [make_dataset(study_uid=study, series_uid=series, StudyDescription="CHEST B",
+                                         SeriesDescription="CHEST B")])
+    studies = dicomweb_client.get("/studies", params={"StudyInstanceUID": study,
+                                                      "includefield": "StudyDescription"}).json
+    assert studies[0]["00081030"]["Value"] == ["CHEST B"]
+    assert studies[0]["00201208"]["Value"] == [5]
+
+
 def test_stow_response_json_is_sorted_and_valid(dicomweb_client):
     resp = store(dicomweb_client, [make_dataset()])
     body = json.loads(resp.body)

@@ -1,7 +1,12 @@
 """The filesystem BlobStore: instance bytes in fan-out folders under opaque random keys.
 
-A blob is durable when ``put`` returns: the spooled file is fsynced, renamed into place (atomic on
-POSIX) and its folder fsynced, so after a power cut a key either names the whole file or nothing.
+A blob is durable when ``put`` returns: the spooled file is renamed into place under a fresh key
+(atomic on POSIX), then the file's data and its folder are flushed, and only then does ``put``
+return, so the index row naming the key (committed after ``put``) never outlives the bytes. The
+rename comes first so that the file's flush commits the rename with it (one filesystem journal
+commit instead of two; the folder's flush then finds little left to do). A crash before ``put``
+returns leaves a file under a key that no index row names (after a power cut, possibly an
+incomplete one): an orphan, which ``gc`` removes.
 Blobs are never overwritten; keys are random, so no request value ever becomes a path.
 """
 from __future__ import annotations
@@ -10,20 +15,29 @@ import errno
 import os
 import re
 import uuid
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from .base import BlobInfo, StorageError, StorageFull
 
 _KEY_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
-def fsync_dir(path: str) -> None:
-    """Make a rename or unlink in ``path`` durable."""
+def _sync(path: str, sync: Callable[[int], None]) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        sync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    _sync(path, os.fsync)
+
+
+def fsync_file(path: str) -> None:
+    """Make a file's bytes durable (``fdatasync``: its data and size; timestamps need not be)."""
+    _sync(path, os.fdatasync)
 
 
 def _storage_error(exc: OSError, what: str) -> StorageError:
@@ -61,14 +75,9 @@ class FileBlobStore:
         dest = self._path(key)
         folder = os.path.dirname(dest)
         try:
-            if self.fsync:
-                fd = os.open(spooled_path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
             os.rename(spooled_path, dest)
             if self.fsync:
+                fsync_file(dest)
                 fsync_dir(folder)
         except OSError as exc:
             # A rename that cannot be made durable is undone: the caller reports a failure, so no

@@ -190,6 +190,12 @@ _ORDER_SERIES = "CAST(s.series_number AS INTEGER), s.pk"
 _ORDER_INSTANCE = "CAST(i.instance_number AS INTEGER), i.pk"
 
 
+_INSTANCE_INSERT_COLUMNS = ["study_pk", "series_pk", "sop_uid", *INSTANCE_COLUMNS, "transfer_syntax", "blob_key",
+                            "size", "digest", "metadata_json", "frames_json", "bulk_json", "stored_at"]
+_INSERT_INSTANCE = (f"INSERT INTO instance ({', '.join(_INSTANCE_INSERT_COLUMNS)}) "
+                    f"VALUES ({', '.join('?' * len(_INSTANCE_INSERT_COLUMNS))})")
+
+
 class SqliteIndex(SqliteDatabase):
     """IndexStore on one SQLite file, safe for many threads and processes."""
 
@@ -206,14 +212,16 @@ class SqliteIndex(SqliteDatabase):
         with self.write() as conn:
             touched_series: set[int] = set()
             touched_studies: set[int] = set()
+            upserted: dict[tuple[str, str], tuple[list[Any], int]] = {}
             for rec in records:
-                result = self._add_one(conn, rec, policy, now, touched_series, touched_studies)
+                result = self._add_one(conn, rec, policy, now, touched_series, touched_studies, upserted)
                 results.append(result)
             self._recount(conn, touched_series, touched_studies)
         return results
 
     def _add_one(self, conn: sqlite3.Connection, rec: InstanceRecord, policy: DuplicatePolicy, now: float,
-                 touched_series: set[int], touched_studies: set[int]) -> AddResult:
+                 touched_series: set[int], touched_studies: set[int],
+                 upserted: dict[tuple[str, str], tuple[list[Any], int]]) -> AddResult:
         existing = conn.execute(
             "SELECT i.pk, i.blob_key, i.series_pk, i.study_pk FROM instance i WHERE i.sop_uid=?",
             (rec.sop_uid,)).fetchone()
@@ -231,24 +239,26 @@ class SqliteIndex(SqliteDatabase):
             touched_studies.add(existing["study_pk"])
             obsolete = existing["blob_key"]
         study_pk = self._upsert(conn, "study", "study_uid", rec.study_uid, STUDY_COLUMNS, rec.study_columns,
-                                _study_json(rec), now)
+                                _study_json(rec), now, upserted=upserted)
         series_pk = self._upsert(conn, "series", "series_uid", rec.series_uid, SERIES_COLUMNS,
-                                 rec.series_columns, rec.series_json, now, study_pk=study_pk)
-        cols = ["study_pk", "series_pk", "sop_uid", *INSTANCE_COLUMNS]
+                                 rec.series_columns, rec.series_json, now, study_pk=study_pk, upserted=upserted)
         values: list[Any] = [study_pk, series_pk, rec.sop_uid, *(rec.instance_columns.get(c) for c in INSTANCE_COLUMNS)]
-        cols += ["transfer_syntax", "blob_key", "size", "digest", "metadata_json", "frames_json", "bulk_json",
-                 "stored_at"]
         values += [rec.transfer_syntax, rec.blob_key, rec.size, rec.digest, rec.metadata_json, rec.frames_json,
                    rec.bulk_json, now]
-        conn.execute(f"INSERT INTO instance ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", values)
+        conn.execute(_INSERT_INSTANCE, values)
         touched_series.add(series_pk)
         touched_studies.add(study_pk)
         return AddResult(rec.sop_uid, Outcome.REPLACED if existing is not None else Outcome.STORED, obsolete)
 
     @staticmethod
     def _upsert(conn: sqlite3.Connection, table: str, uid_column: str, uid: str, columns: list[str],
-                values: Any, attrs_json: str, now: float, study_pk: int | None = None) -> int:
-        """Insert the study/series row, or update its attributes (the latest instance wins)."""
+                values: Any, attrs_json: str, now: float, study_pk: int | None = None,
+                upserted: dict[tuple[str, str], tuple[list[Any], int]] | None = None) -> int:
+        """Insert the study/series row, or update its attributes (the latest instance wins).
+
+        ``upserted`` remembers what this transaction wrote: the instances of one request mostly
+        share their study and series, and writing the same values again would change nothing.
+        """
         names = list(columns)
         vals = [values.get(c) for c in columns]
         for col in columns:
@@ -261,11 +271,16 @@ class SqliteIndex(SqliteDatabase):
         if study_pk is not None:
             names.append("study_pk")
             vals.append(study_pk)
+        written = upserted.get((table, uid)) if upserted is not None else None
+        if written is not None and written[0] == vals:
+            return written[1]
         assignments = ", ".join(f"{n}=excluded.{n}" for n in names if n != "study_pk")
         row = conn.execute(
             f"INSERT INTO {table} ({uid_column}, {', '.join(names)}) VALUES (?{', ?' * len(names)}) "
             f"ON CONFLICT({uid_column}) DO UPDATE SET {assignments} RETURNING pk",
             [uid, *vals]).fetchone()
+        if upserted is not None:
+            upserted[(table, uid)] = (vals, int(row[0]))
         return int(row[0])
 
     @staticmethod
