@@ -204,6 +204,10 @@ class Archive:
     def metadata(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         return self.index.list_metadata(study_uid, series_uid, sop_uid)
 
+    def versions(self, study_uid: str, series_uid: str | None = None,
+                 sop_uid: str | None = None) -> list[tuple[str, str, float]]:
+        return self.index.list_versions(study_uid, series_uid, sop_uid)
+
     def path(self, inst: StoredInstance) -> str:
         return self.blobs.local_path(inst.blob_key)
 

@@ -35,7 +35,10 @@ def test_index_add_and_list_in_instance_number_order(index):
                         DuplicatePolicy.IGNORE)
     assert [i.sop_uid for i in index.list_instances("1.2.3")] == ["1.3", "1.1", "1.2"]
     assert index.list_metadata("1.2.3", "1.2.3.1", "1.2") == ['{"sop":"1.2"}']
-    assert index.list_instances("9.9") == []
+    versions = index.list_versions("1.2.3")
+    assert versions == [(i.sop_uid, i.digest, i.stored_at) for i in index.list_instances("1.2.3")]
+    assert [v[0] for v in versions] == ["1.3", "1.1", "1.2"]
+    assert index.list_instances("9.9") == [] and index.list_versions("9.9") == []
 
 
 def test_index_counts_and_modalities_follow_adds_and_deletes(index):

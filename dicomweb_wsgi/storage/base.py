@@ -319,6 +319,11 @@ class IndexStore(Protocol):
                       sop_uid: str | None = None) -> list[str]:
         """The stored DICOM JSON of the same instances, in the same order."""
 
+    def list_versions(self, study_uid: str, series_uid: str | None = None,
+                      sop_uid: str | None = None) -> list[tuple[str, str, float]]:
+        """(SOP Instance UID, digest, stored_at) of the same instances, in the same order: what a
+        metadata ETag is made of, without the rest of each row."""
+
     def search(self, query: SearchQuery) -> SearchResult:
         """QIDO: one page of matching studies, series or instances in a stable order (study date and
         time newest first, then series number, then instance number; ties by insertion order)."""

@@ -351,6 +351,14 @@ class SqliteIndex(SqliteDatabase):
             f"JOIN study st ON st.pk=i.study_pk WHERE {where} {self._ORDER}", params)
         return [r[0] for r in rows]
 
+    def list_versions(self, study_uid: str, series_uid: str | None = None,
+                      sop_uid: str | None = None) -> list[tuple[str, str, float]]:
+        where, params = self._where(study_uid, series_uid, sop_uid)
+        rows = self.read(
+            "SELECT i.sop_uid, i.digest, i.stored_at FROM instance i JOIN series s ON s.pk=i.series_pk "
+            f"JOIN study st ON st.pk=i.study_pk WHERE {where} {self._ORDER}", params)
+        return [(r[0], r[1], r[2]) for r in rows]
+
     def blob_keys(self) -> set[str]:
         return {r[0] for r in self.read("SELECT blob_key FROM instance")}
 

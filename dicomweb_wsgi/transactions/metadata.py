@@ -65,12 +65,12 @@ def _metadata(req: Request, what: str, study_uid: str, series_uid: str | None = 
         raise NotAcceptable("metadata is available as application/dicom+json or "
                             "multipart/related; type=\"application/dicom+xml\"")
     archive = req.ctx.archive
-    versions = archive.instances(study_uid, series_uid, sop_uid)
+    versions = archive.versions(study_uid, series_uid, sop_uid)
     if not versions:
         raise NotFound(f"{what} not found")
     xml = selection.offer.multipart
     base = req.base_url
-    etag = metadata_etag([f"{i.sop_uid}:{i.digest}:{i.stored_at!r}" for i in versions], base,
+    etag = metadata_etag([f"{sop}:{digest}:{stored_at!r}" for sop, digest, stored_at in versions], base,
                          "xml" if xml else "json")
     headers = [("ETag", etag), ("Cache-Control", "private, no-cache"), ("Vary", "Accept, Accept-Encoding")]
     if etag_matches(req.header("If-None-Match"), etag):
