@@ -177,8 +177,10 @@ def can_transcode(source_ts: str, target_ts: str) -> bool:
     return target_ts in _ENCODE_CANDIDATES and _encodable(target_ts)
 
 
+@functools.lru_cache(maxsize=256)
 def producible_syntaxes(source_ts: str) -> frozenset[str]:
-    """Every transfer syntax data stored in ``source_ts`` can be retrieved in."""
+    """Every transfer syntax data stored in ``source_ts`` can be retrieved in (the installed codecs do
+    not change while the process runs, so the answer is remembered per stored syntax)."""
     candidates = {source_ts, EXPLICIT_VR_LE, DEFLATED, *_ENCODE_CANDIDATES}
     return frozenset(t for t in candidates if can_transcode(source_ts, t))
 
