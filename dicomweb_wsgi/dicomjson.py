@@ -17,8 +17,8 @@ Public API
     one PS3.19 NativeDicomModel document <-> the JSON object form; the parser is defusedxml.
 ``select_attributes(obj, tags)``
     keep only some top-level attributes (``includefield``).
-``dumps(obj)``
-    compact JSON text for storage.
+``dumps(obj)`` / ``loads(text)``
+    compact JSON text for storage and responses, and back.
 
 Decisions callers must know
 ---------------------------
@@ -76,6 +76,7 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import ParseError
 
+import orjson
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as _safe_fromstring
 from pydicom import config as _pydicom_config
@@ -591,8 +592,29 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON text (UTF-8 friendly, no NaN) for storing a DICOM JSON object or array."""
-    return _ENCODER.encode(obj)
+    """Compact JSON text (UTF-8 friendly, no NaN) for storing a DICOM JSON object or array.
+
+    orjson writes the same JSON as ``json`` with these options (a float's exponent may be spelled
+    differently: ``1e-7`` for ``1e-07``) about 10x faster (a QIDO page of
+    studies, the three documents of every stored instance). What it refuses (integers beyond 64
+    bits, float subclasses, lone surrogates, non-string keys) goes to ``json``, and so does any
+    text holding ``null``: orjson writes NaN and infinities as null where ``json`` refuses them
+    (``ValueError``), and that refusal is kept (``dataset_to_json`` writes them as strings, Annex
+    F.2.3.1 having no JSON number for them; a real null is rare and just takes the slower path).
+    """
+    try:
+        text = orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError
+        return _ENCODER.encode(obj)
+    return _ENCODER.encode(obj) if b"null" in text else text.decode("utf-8")
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse stored JSON text (``dumps``' output); orjson, or ``json`` for what orjson refuses."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def select_attributes(obj: dict[str, Any], tags: Collection[str] | None) -> dict[str, Any]:

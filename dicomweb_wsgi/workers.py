@@ -136,10 +136,20 @@ def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS) -> No
         if not channels:
             break
         for channel in channels:
-            if not (channel.requests or channel.request is not None or channel.total_outbufs_len):
+            if not (channel.requests or channel.request is not None or channel.total_outbufs_len
+                    or _input_waiting(channel.socket)):
                 channel.will_close = True  # idle keep-alive: closed on the next loop pass
     server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
     wasyncore.close_all(socket_map)
+
+
+def _input_waiting(sock: socket.socket) -> bool:
+    """Whether bytes (or the peer's close) wait unread on a connection: a request sent before the
+    stop that the loop has not read yet must not be taken for an idle keep-alive connection."""
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 @dataclass

@@ -1053,3 +1053,27 @@ def test_dataset_to_json_numpy_values_become_json_numbers() -> None:
     assert obj["00281101"] == {"vr": "US", "Value": [4096, 0, 16]}
     assert obj["00720064"] == {"vr": "FL", "Value": [0.5]}
     assert json.loads(dumps(obj)) == obj
+
+
+@pytest.mark.parametrize("obj", [
+    {"00100010": {"vr": "PN", "Value": [{"Alphabetic": "Müller^Hans"}]}, "00280030": {"vr": "DS", "Value": [0.5, 1e-7]}},
+    {"00181063": {"vr": "DS", "Value": [1e16, -0.0, 123456789.123]}, "00200013": {"vr": "IS", "Value": [2**70]}},
+    {"0008103E": {"vr": "LO", "Value": [None, "b\\u00e9"]}, "x": ["\ud800"]},
+    {"00700084": {"vr": "PN"}, 5: "non-string key"},
+])
+def test_dumps_writes_what_json_writes(obj) -> None:
+    # dumps goes through orjson with a json fallback: the same JSON as json's whichever path runs,
+    # the same text but for how a float exponent is spelled (orjson 1e-7, json 1e-07).
+    import json
+    expected = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    got = dumps(obj)
+    assert json.loads(got) == json.loads(expected)
+    assert got.replace("e-7", "e-07").replace("e16", "e+16") == expected
+
+
+def test_dumps_refuses_infinities_and_loads_reads_back() -> None:
+    from dicomweb_wsgi.dicomjson import loads
+    with pytest.raises(ValueError):
+        dumps({"00181063": {"vr": "FD", "Value": [math.inf]}})
+    obj = {"00100020": {"vr": "LO", "Value": ["ID-1"]}, "00200013": {"vr": "IS", "Value": [2**70]}}
+    assert loads(dumps(obj)) == obj and loads(dumps(obj).encode()) == obj

@@ -27,13 +27,14 @@ the response carries ``Warning: 299 <host> "There are N additional results that 
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..dicomjson import BASE_PLACEHOLDER, dumps, json_to_xml
+from ..dicomjson import BASE_PLACEHOLDER, dumps, json_to_xml, loads
 from ..errors import NotAcceptable, PayloadTooLarge
 from ..http import Request, Response
 from ..mediatypes import Offer, negotiate
@@ -144,7 +145,7 @@ class ResultBuilder:
     def _load(self, text: str) -> dict[str, Any]:
         if BASE_PLACEHOLDER in text:
             text = text.replace(BASE_PLACEHOLDER, self.base_in_json)
-        return json.loads(text)
+        return loads(text)
 
     def _cached(self, level: str, uid: str, text: str) -> dict[str, Any]:
         doc = self._documents.get((level, uid))
@@ -233,17 +234,24 @@ def _copy(doc: dict[str, Any], tag: str, out: dict[str, Any]) -> None:
     """Copy an attribute into a result: empty when the entity lacks it (a known attribute is always
     returned, PS3.4 C.2.2.2.3), with its Private Creator when it is a private data element."""
     element = doc.get(tag)
-    number = int(tag, 16)
-    private = bool(number >> 16 & 1)
+    private, creator = _tag_kind(tag)
     if element is None:
         if not private:
             out[tag] = {"vr": attribute_vr(tag)}
         return
     out[tag] = element
+    if creator is not None and creator in doc:
+        out[creator] = doc[creator]
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag_kind(tag: str) -> tuple[bool, str | None]:
+    """Whether a tag is private, and the tag of its Private Creator (None for a public tag or a creator)."""
+    number = int(tag, 16)
+    private = bool(number >> 16 & 1)
     if private and number & 0xFFFF >= 0x1000:
-        creator = f"{number >> 16:04X}00{number >> 8 & 0xFF:02X}"
-        if creator in doc:
-            out[creator] = doc[creator]
+        return True, f"{number >> 16:04X}00{number >> 8 & 0xFF:02X}"
+    return private, None
 
 
 def _column_element(vr: str, text: str) -> dict[str, Any]:
