@@ -104,6 +104,11 @@ def _check_not_truncated(ds: pydicom.Dataset, size: int, ts: str) -> None:
                                   f"truncated file: element {elem.tag} declares {elem.length} bytes past the end")
 
 
+def _lacks_preamble(head: bytes) -> bool:
+    """Whether a file's first 132 bytes show it starting directly with its File Meta group."""
+    return head[128:132] != b"DICM" and head.startswith(b"\x02\x00")
+
+
 def add_missing_preamble(path: str) -> None:
     """Give a file that starts directly with its File Meta group the PS3.10 preamble and prefix.
 
@@ -111,8 +116,7 @@ def add_missing_preamble(path: str) -> None:
     writes; we store and serve PS3.10 files, so the 132 bytes are added once, at store time.
     """
     with open(path, "rb") as fh:
-        head = fh.read(132)
-        if head[128:132] == b"DICM" or not head.startswith(b"\x02\x00"):
+        if not _lacks_preamble(fh.read(132)):
             return
         tmp = path + ".pre"
         try:
@@ -210,7 +214,7 @@ def _read_upload(path: str) -> tuple[bytes | None, int]:
         with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
             data = fh.readall() if size <= IN_MEMORY_LIMIT else fh.read(132)
-        if data[128:132] == b"DICM" or not data.startswith(b"\x02\x00"):
+        if not _lacks_preamble(data[:132]):
             break
         add_missing_preamble(path)
     return (data if size <= IN_MEMORY_LIMIT else None), size

@@ -6,6 +6,7 @@ WADO-RS responses are produced by ``write_multipart`` as a generator that passes
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import secrets
@@ -180,20 +181,14 @@ def _iter_parts(
 
 # Parsed part Content-Types by header value: the parts of a request (and of most requests) repeat one
 # or two values, and MediaType is immutable. Bounded, since the values come from the client.
-_PART_TYPES: dict[str, MediaType] = {}
-_PART_TYPES_MAX = 64
+_cached_media_type = functools.lru_cache(maxsize=64)(parse_media_type)
 
 
 def _part_media_type(value: str, number: int) -> MediaType:
-    found = _PART_TYPES.get(value)
-    if found is None:
-        try:
-            found = parse_media_type(value)
-        except BadRequest as exc:
-            raise BadRequest(f"part {number}: {exc.reason}") from None
-        if len(_PART_TYPES) < _PART_TYPES_MAX:
-            _PART_TYPES[value] = found
-    return found
+    try:
+        return _cached_media_type(value)
+    except BadRequest as exc:
+        raise BadRequest(f"part {number}: {exc.reason}") from None
 
 
 def _skip_preamble(src: _Input, boundary: bytes) -> bool:
