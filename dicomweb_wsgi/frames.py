@@ -15,6 +15,7 @@ an encapsulated stream whose fragments cannot be assigned to frames); callers th
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -29,7 +30,7 @@ from pydicom.uid import UID
 
 from .errors import NotFound
 
-__all__ = ["FrameLayout", "scan_layout", "read_frame", "iter_frames"]
+__all__ = ["FrameLayout", "scan_layout", "layout_at", "image_from_json", "read_frame", "iter_frames"]
 
 _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 _EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -105,9 +106,11 @@ def _int(image: Callable[[str], Any], keyword: str, default: int) -> int:
         return default
 
 
-# The image attributes a native layout needs, by keyword, as DICOM JSON keys.
+# The image attributes a layout needs, by keyword, as DICOM JSON keys. The Extended Offset Table is binary
+# (InlineBinary or a BulkDataURI in the JSON, never a Value), so it always reads as absent from the JSON.
 _IMAGE_TAGS = {"Rows": "00280010", "Columns": "00280011", "SamplesPerPixel": "00280002",
-               "BitsAllocated": "00280100", "NumberOfFrames": "00280008", "PhotometricInterpretation": "00280004"}
+               "BitsAllocated": "00280100", "NumberOfFrames": "00280008", "PhotometricInterpretation": "00280004",
+               "ExtendedOffsetTable": "7FE00001"}
 
 
 def _json_value(attrs: Mapping[str, Any], keyword: str) -> Any:
@@ -117,6 +120,11 @@ def _json_value(attrs: Mapping[str, Any], keyword: str) -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+def image_from_json(attrs: Mapping[str, Any]) -> Callable[[str], Any]:
+    """``image(keyword)`` for :func:`layout_at`: an image attribute read from an instance's DICOM JSON."""
+    return partial(_json_value, attrs)
 
 
 def _transfer_syntax(ds: Dataset) -> str | None:
@@ -203,7 +211,7 @@ def scan_layout(path: str, ds: Dataset | None = None, attrs: Mapping[str, Any] |
             return _native_layout(hdr.get, ts, value_offset, min(length, present))
         if length != _UNDEFINED:
             return None
-        return _encapsulated_layout(fp, hdr, ts)
+        return _encapsulated_layout(fp, hdr.get, ts)
 
 
 def _layout_at(path: str, ds: Dataset, ts: str | None, value_offset: int, length: int,
@@ -211,17 +219,27 @@ def _layout_at(path: str, ds: Dataset, ts: str | None, value_offset: int, length
     """The layout of a Pixel Data value known to start at ``value_offset`` with ``length``."""
     if ts is None:
         return None
+    image = partial(_json_value, attrs) if attrs is not None and ts in _NATIVE else ds.get
+    return layout_at(path, ts, value_offset, length, image, size)
+
+
+def layout_at(source: str | bytes, ts: str, value_offset: int, length: int, image: Callable[[str], Any],
+              size: int | None = None) -> FrameLayout | None:
+    """The layout of a Pixel Data value that starts at ``value_offset`` with ``length`` (0xFFFFFFFF when
+    undefined), for a caller that found it itself. ``source`` is the file's path or its bytes, ``size`` its
+    size; ``image(keyword)`` gives an image attribute as ``Dataset.get`` does (Rows, Columns, Samples per
+    Pixel, Bits Allocated, Number of Frames, Photometric Interpretation and the Extended Offset Table).
+    """
     if ts in _NATIVE:
         if length == _UNDEFINED:
             return None
-        present = (os.path.getsize(path) if size is None else size) - value_offset
-        image = ds.get if attrs is None else partial(_json_value, attrs)
+        present = (os.path.getsize(source) if size is None else size) - value_offset
         return _native_layout(image, ts, value_offset, min(length, present))
     if length != _UNDEFINED:
         return None
-    with open(path, "rb") as fp:
+    with open(source, "rb") if isinstance(source, str) else io.BytesIO(source) as fp:
         fp.seek(value_offset)
-        return _encapsulated_layout(fp, ds, ts)
+        return _encapsulated_layout(fp, image, ts)
 
 
 def _native_layout(image: Callable[[str], Any], ts: str, value_offset: int, length: int) -> FrameLayout | None:
@@ -253,7 +271,7 @@ def _native_layout(image: Callable[[str], Any], ts: str, value_offset: int, leng
     )
 
 
-def _encapsulated_layout(fp: BinaryIO, hdr: Dataset, ts: str) -> FrameLayout | None:
+def _encapsulated_layout(fp: BinaryIO, image: Callable[[str], Any], ts: str) -> FrameLayout | None:
     head = fp.read(8)
     if len(head) < 8 or head[:4] != _ITEM:
         return None
@@ -282,9 +300,9 @@ def _encapsulated_layout(fp: BinaryIO, hdr: Dataset, ts: str) -> FrameLayout | N
     if not items:
         return None
 
-    declared = max(1, _int(hdr.get, "NumberOfFrames", 1))
+    declared = max(1, _int(image, "NumberOfFrames", 1))
     starts: list[int] | None = None
-    eot = hdr.get("ExtendedOffsetTable")
+    eot = image("ExtendedOffsetTable")
     if eot:
         raw = bytes(eot)
         starts = list(struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8]))

@@ -14,13 +14,13 @@ import shutil
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 
-from . import dicomjson, frames
+from . import dicomjson, frames, part10_json
 from .errors import DicomStatus
 from .model import INDEXED, Level, NON_PATIENT_SOP_CLASSES, is_valid_uid, level_of_tag
 from .storage.base import InstanceRecord
@@ -232,9 +232,24 @@ def _sop_uid_text(ds: pydicom.Dataset, keyword: str, tag: int) -> str:
     return str(ds.get(keyword, "") or "").strip()
 
 
-def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
-    """Parse and validate one uploaded file; raises IngestError with the FailureReason to report."""
-    data, size = _read_upload(path)
+# Where BulkDataURIs point while the instance's UIDs are not yet checked; replaced by bulk_prefix().
+_PREFIX = "%%PREFIX%%"
+
+
+@dataclass(frozen=True)
+class _Parse:
+    """One upload parsed, by either reader: what the store builds its record from."""
+
+    transfer_syntax: str
+    sop_class_uid: str
+    sop_uid: str
+    obj: dict[str, Any]
+    bulk_refs: list[dicomjson.BulkRef]
+    layout: Callable[[], frames.FrameLayout | None]
+
+
+def _parse_with_pydicom(path: str, data: bytes | None, size: int, bulk_threshold: int) -> _Parse:
+    """The reference reader: pydicom's ``Dataset`` (deferred values left unread), then ``dataset_to_json``."""
     source: str | BinaryIO = path if data is None else io.BytesIO(data)
     check_inflated_size(source)
     if data is not None:
@@ -256,11 +271,44 @@ def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
         raise IngestError(DicomStatus.CANNOT_UNDERSTAND, "missing or invalid TransferSyntaxUID in the file meta",
                           sop_class_uid=sop_class or None, sop_uid=sop_uid or None)
     try:
-        obj, bulk_refs = dicomjson.dataset_to_json(
-            ds, bulk_prefix="%%PREFIX%%", threshold=bulk_threshold)
+        obj, bulk_refs = dicomjson.dataset_to_json(ds, bulk_prefix=_PREFIX, threshold=bulk_threshold)
     except Exception as exc:
         raise IngestError(DicomStatus.CANNOT_UNDERSTAND, f"cannot read the data set: {exc}",
                           sop_class_uid=sop_class or None, sop_uid=sop_uid or None) from exc
+    return _Parse(ts, sop_class, sop_uid, obj, bulk_refs, lambda: frames.scan_layout(path, ds, obj, size))
+
+
+def _parse_fast(path: str, data: bytes | None, size: int, bulk_threshold: int) -> _Parse | None:
+    """``part10_json``'s reader, or None when the upload is outside what it handles."""
+    parsed = part10_json.parse(path if data is None else data, size, bulk_prefix=_PREFIX, threshold=bulk_threshold)
+    if parsed is None:
+        return None
+
+    def layout() -> frames.FrameLayout | None:
+        # What scan_layout gives with the pydicom reader's data set; where that reads values of pydicom's
+        # own (see Parsed.layout_from_json), it is asked to, from the file.
+        if parsed.pixel_offset is None or parsed.pixel_length is None:
+            return None
+        if not parsed.layout_from_json:
+            return frames.scan_layout(path)
+        return frames.layout_at(path if data is None else data, parsed.transfer_syntax, parsed.pixel_offset,
+                                parsed.pixel_length, frames.image_from_json(parsed.obj), size)
+
+    return _Parse(parsed.transfer_syntax, parsed.sop_class_uid, parsed.sop_instance_uid, parsed.obj,
+                  parsed.bulk_refs, layout)
+
+
+def prepare(path: str, *, bulk_threshold: int = 1024, fast: bool = True) -> Prepared:
+    """Parse and validate one uploaded file; raises IngestError with the FailureReason to report.
+
+    Uploads in the common syntaxes and character sets are read by ``part10_json`` (no pydicom
+    ``Dataset``); anything else, and everything with ``fast=False``, by pydicom. Both give the same record.
+    """
+    data, size = _read_upload(path)
+    parsed = _parse_fast(path, data, size, bulk_threshold) if fast else None
+    if parsed is None:
+        parsed = _parse_with_pydicom(path, data, size, bulk_threshold)
+    ts, sop_class, sop_uid, obj = parsed.transfer_syntax, parsed.sop_class_uid, parsed.sop_uid, parsed.obj
     study_uid = _uid_value(obj, "0020000D")
     series_uid = _uid_value(obj, "0020000E")
     for name, value in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_uid),
@@ -274,7 +322,7 @@ def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
         raise IngestError(DicomStatus.SOP_CLASS_NOT_SUPPORTED,
                           "non-patient SOP class: store it through its Non-Patient Instance resource",
                           sop_class_uid=sop_class, sop_uid=sop_uid)
-    metadata = dicomjson.dumps(obj).replace("%%PREFIX%%", bulk_prefix(study_uid, series_uid, sop_uid))
+    metadata = dicomjson.dumps(obj).replace(_PREFIX, bulk_prefix(study_uid, series_uid, sop_uid))
     levels: dict[Level, dict] = {Level.STUDY: {}, Level.SERIES: {}}
     for tag, element in obj.items():
         level = level_of_tag(tag)
@@ -285,9 +333,8 @@ def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
         element = obj.get(attr.tag)
         if element is not None:
             columns[attr.level][attr.column] = column_value(element)
-    layout = None
     try:
-        layout = frames.scan_layout(path, ds, obj, size)
+        layout = parsed.layout()
     except Exception:  # a damaged pixel data element is served by parsing the file instead
         layout = None
     if data is not None:
@@ -301,7 +348,7 @@ def prepare(path: str, *, bulk_threshold: int = 1024) -> Prepared:
         # An item length inside encapsulated Pixel Data (undefined length, so not checked above) lies.
         raise IngestError(DicomStatus.CANNOT_UNDERSTAND, "truncated file: a Pixel Data fragment ends past the end",
                           sop_class_uid=sop_class, sop_uid=sop_uid)
-    bulk = [{"path": r.path, "vr": r.vr, "offset": r.offset, "length": r.length} for r in bulk_refs]
+    bulk = [{"path": r.path, "vr": r.vr, "offset": r.offset, "length": r.length} for r in parsed.bulk_refs]
     return Prepared(
         study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid, sop_class_uid=sop_class,
         transfer_syntax=ts, size=size, digest=digest,
