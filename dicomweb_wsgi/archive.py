@@ -25,6 +25,7 @@ from .ingest import IngestError, Prepared, prepare
 from .storage.base import (AddResult, BlobStore, DuplicatePolicy, IndexStore, InstanceRecord, Outcome, StorageError,
                            StorageFull, StoredInstance)
 from .storage.file_blobs import FileBlobStore
+from .storage.sqlite_db import WRITER_LOCK_SUFFIX
 from .storage.sqlite_index import MIGRATIONS, SqliteIndex
 
 if TYPE_CHECKING:
@@ -400,7 +401,7 @@ def _audit_store(result: StoreResult) -> None:
 
 
 def _remove_sqlite_files(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    for suffix in ("", "-wal", "-shm", "-journal", WRITER_LOCK_SUFFIX):
         _unlink(path + suffix)
 
 

@@ -72,3 +72,64 @@ def test_a_lock_held_past_the_busy_timeout_is_a_storage_error(tmp_path):
             SqliteIndex(path, busy_timeout_ms=200)
     finally:
         holder.close()
+
+
+def _hold_gate(path: str, held, release) -> None:
+    index = SqliteIndex(path)
+    with index.exclusive():  # no SQLite transaction: only the writer gate
+        held.set()
+        release.wait(30)
+    index.close()
+
+
+def test_a_writer_in_another_process_holds_the_gate_until_it_lets_go(tmp_path):
+    import threading
+    import time
+
+    from dicomweb_wsgi.storage.base import StorageError
+
+    path = os.path.join(tmp_path, "index.sqlite3")
+    SqliteIndex(path).close()
+    ctx = multiprocessing.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_hold_gate, args=(path, held, release))
+    proc.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(StorageError, match="another process holds it"):
+            with SqliteIndex(path, busy_timeout_ms=200).write() as conn:
+                conn.execute("DELETE FROM study")
+        released_at = []
+        timer = threading.Timer(0.3, lambda: (released_at.append(time.monotonic()), release.set()))
+        timer.start()
+        index = SqliteIndex(path, busy_timeout_ms=10000)  # opening runs the migration check, a write
+        assert released_at and time.monotonic() >= released_at[0]  # it waited for the other to let go
+        index.close()
+    finally:
+        release.set()
+        proc.join(30)
+
+
+def _write_in_child(index, results) -> None:
+    from dicomweb_wsgi.storage.base import StorageError
+
+    try:
+        with index.write():
+            results.put("wrote")
+    except StorageError as exc:
+        results.put(str(exc))
+
+
+def test_the_gate_is_not_shared_with_a_forked_child(tmp_path):
+    # An flock belongs to the open file, which a fork shares: the child must open its own.
+    path = os.path.join(tmp_path, "index.sqlite3")
+    index = SqliteIndex(path, busy_timeout_ms=300)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    with index.exclusive():
+        proc = ctx.Process(target=_write_in_child, args=(index, results))
+        proc.start()
+        outcome = results.get(timeout=30)
+        proc.join(30)
+    assert "another process holds it" in outcome
+    index.close()

@@ -132,3 +132,117 @@ def test_blobs_disk_full_is_storage_full(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "rename", no_space)
     with pytest.raises(StorageFull):
         blobs.put(spooled)
+
+
+def _queued_behind_the_gate(index, calls):
+    """Run each call's add_instances on its own thread while the test holds the writer gate, so they
+    all queue; returns (threads, results, errors) once every call is waiting."""
+    import time
+
+    results, errors = {}, {}
+
+    def run(name, records, policy):
+        try:
+            results[name] = index.add_instances(records, policy)
+        except Exception as exc:
+            errors[name] = exc
+
+    threads = []
+    with index.exclusive():
+        for name, records, policy in calls:
+            threads.append(threading.Thread(target=run, args=(name, records, policy)))
+            threads[-1].start()
+            deadline = time.monotonic() + 10
+            while len(index._waiting) < len(threads):  # queued in this order
+                assert time.monotonic() < deadline, "a call never queued"
+                time.sleep(0.001)
+    for t in threads:
+        t.join(30)
+    return results, errors
+
+
+def test_index_calls_waiting_together_share_one_transaction_in_queue_order(index, monkeypatch):
+    transactions = []
+    real = SqliteIndex._add_in_one_transaction
+
+    def counting(self, calls):
+        transactions.append(len(calls))
+        return real(self, calls)
+
+    monkeypatch.setattr(SqliteIndex, "_add_in_one_transaction", counting)
+    results, errors = _queued_behind_the_gate(index, [
+        ("a", [record("1.1"), record("1.2")], DuplicatePolicy.REJECT),
+        ("b", [record("1.3", series="1.2.3.2", modality="MR")], DuplicatePolicy.REJECT),
+        ("c", [record("1.1", key="c" * 32)], DuplicatePolicy.REJECT),  # same SOP as a's first
+    ])
+    assert errors == {}
+    assert transactions == [3]  # one commit for the three calls
+    assert [r.outcome for r in results["a"]] == [Outcome.STORED, Outcome.STORED]
+    assert [r.outcome for r in results["b"]] == [Outcome.STORED]
+    assert [r.outcome for r in results["c"]] == [Outcome.REJECTED_DUPLICATE]  # a was first in the queue
+    assert index.list_instances("1.2.3", "1.2.3.1", "1.1")[0].blob_key != "c" * 32
+    row = index.read("SELECT num_series, num_instances, modalities FROM study")[0]
+    assert tuple(row) == (2, 3, "CT\\MR")
+
+
+def test_index_one_failing_call_in_a_group_fails_alone(index):
+    results, errors = _queued_behind_the_gate(index, [
+        ("good", [record("1.1", key="a" * 32)], DuplicatePolicy.IGNORE),
+        ("bad", [record("1.2", key="a" * 32)], DuplicatePolicy.IGNORE),  # blob key clash: a constraint fails
+        ("also good", [record("1.3", key="b" * 32)], DuplicatePolicy.IGNORE),
+    ])
+    assert set(errors) == {"bad"} and isinstance(errors["bad"], StorageError)
+    assert results["good"][0].outcome is Outcome.STORED and results["also good"][0].outcome is Outcome.STORED
+    assert sorted(i.sop_uid for i in index.list_instances("1.2.3")) == ["1.1", "1.3"]
+
+
+def test_index_call_that_times_out_on_the_gate_is_withdrawn_not_committed_later(index):
+    errors = []
+
+    def run():
+        try:
+            index.add_instances([record("1.1")], DuplicatePolicy.REJECT)
+        except StorageError as exc:
+            errors.append(exc)
+
+    index.busy_timeout_ms = 50
+    with index.exclusive():
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(10)
+    assert len(errors) == 1 and "too long" in str(errors[0])
+    assert index._waiting == []
+    index.add_instances([record("1.2")], DuplicatePolicy.REJECT)  # the next writer commits only its own
+    assert [i.sop_uid for i in index.list_instances("1.2.3")] == ["1.2"]
+
+
+def test_index_kept_counts_equal_the_rows_through_adds_replaces_moves_and_deletes(index):
+    import random
+
+    rng = random.Random(7)
+
+    def counted():
+        series = {r[0]: r[1] for r in index.read("SELECT series_uid, num_instances FROM series")}
+        studies = {r[0]: (r[1], r[2]) for r in index.read("SELECT study_uid, num_series, num_instances FROM study")}
+        return series, studies
+
+    def actual():
+        series = {r[0]: r[1] for r in index.read(
+            "SELECT s.series_uid, count(*) FROM instance i JOIN series s ON s.pk=i.series_pk GROUP BY s.pk")}
+        studies = {r[0]: (r[1], r[2]) for r in index.read(
+            "SELECT st.study_uid, count(DISTINCT i.series_pk), count(*) FROM instance i "
+            "JOIN study st ON st.pk=i.study_pk GROUP BY st.pk")}
+        return series, studies
+
+    for step in range(300):
+        sop = f"1.{rng.randrange(40)}"
+        study = f"2.{rng.randrange(3)}"
+        series = f"{study}.{rng.randrange(2)}"  # a replace may move an instance to another series or study
+        if rng.random() < 0.15:
+            index.delete(study, series if rng.random() < 0.5 else None, sop if rng.random() < 0.5 else None)
+        else:
+            batch = [record(sop, series=series, study=study, key=f"{step:04d}{k}".ljust(32, "0"))
+                     for k in range(rng.randrange(1, 3))]
+            index.add_instances(batch, rng.choice([DuplicatePolicy.REPLACE, DuplicatePolicy.IGNORE]))
+        assert counted() == actual(), step
+    assert actual()[0]  # the walk left instances to count

@@ -2,11 +2,18 @@
 
 WAL journal with ``synchronous=FULL`` by default (a committed transaction survives a power cut);
 one connection per thread (waitress runs the app in several); ``BEGIN IMMEDIATE`` for writes, so
-writers queue on the busy timeout instead of failing half-way; numbered migrations against
-``PRAGMA user_version``. SQLite errors leave as ``StorageError`` / ``StorageFull``.
+writers never fail half-way; numbered migrations against ``PRAGMA user_version``. SQLite errors leave as
+``StorageError`` / ``StorageFull``.
+
+Writers queue on a gate before they touch SQLite: a lock shared by the threads of a process, then an
+``flock`` on a file beside the database shared by the processes (``serve --workers N``, the CLI). SQLite's
+own busy handler waits by sleeping 1, 2, 5, 10... ms between tries, which at a commit of about a
+millisecond left concurrent stores waiting far longer than the commit they waited for; the gate hands
+over as soon as the holder is done. Its wait is bounded by the same busy timeout.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -17,6 +24,10 @@ from typing import Any, Callable, Iterator, Sequence
 from .base import StorageError, StorageFull
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+# The file beside a database whose ``flock`` is the writer gate between processes (empty, never deleted
+# while the database is in use).
+WRITER_LOCK_SUFFIX = "-writer.lock"
 
 # A migration is one SQL script (statements separated by ";") or a list of statements.
 Migration = str | Sequence[str]
@@ -41,10 +52,29 @@ class SqliteDatabase:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._gate = threading.RLock()
+        self._gate_depth = 0
+        self._gate_fd: int | None = None
+        self._inherited: list[Any] = []
         self.migrate()
+
+    def _forget_parent(self) -> None:
+        """In a forked child: start with no connection and no gate of the parent's.
+
+        Neither may be used across a fork (SQLite's rule; an ``flock`` belongs to the open file,
+        which the fork shares). They are kept referenced, never closed: closing them here could
+        release locks the parent still holds.
+        """
+        self._inherited.append((self._local, self._all, self._gate_fd))
+        self._local, self._all, self._lock = threading.local(), [], threading.Lock()
+        self._gate, self._gate_depth, self._gate_fd = threading.RLock(), 0, None
+        self._pid = os.getpid()
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (created on first use)."""
+        if self._pid != os.getpid():
+            self._forget_parent()
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._connect()
@@ -90,28 +120,77 @@ class SqliteDatabase:
                     pass
             self._all.clear()
         self._local = threading.local()
+        with self._gate:
+            if self._gate_fd is not None and self._gate_depth == 0:
+                os.close(self._gate_fd)
+                self._gate_fd = None
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Be the one writer of this database among all threads and processes (re-entrant).
+
+        Held around every write transaction by ``write``; a caller may hold it across several.
+        """
+        if self._pid != os.getpid():
+            self._forget_parent()
+        if not self._gate.acquire(timeout=self.busy_timeout_ms / 1000):
+            raise StorageError(f"{self.name} unavailable: a writer in this process holds it too long")
+        try:
+            if self._gate_depth == 0:
+                self._lock_file()
+            self._gate_depth += 1
+            try:
+                yield
+            finally:
+                self._gate_depth -= 1
+                if self._gate_depth == 0 and self._gate_fd is not None:
+                    fcntl.flock(self._gate_fd, fcntl.LOCK_UN)
+        finally:
+            self._gate.release()
+
+    def _lock_file(self) -> None:
+        """Take the cross-process ``flock``, polling (never longer than the busy timeout)."""
+        if self._gate_fd is None:
+            try:
+                self._gate_fd = os.open(self.path + WRITER_LOCK_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise StorageError(f"{self.name} unavailable: cannot open its writer lock: {exc}") from exc
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        delay = 0.00002
+        while True:
+            try:
+                fcntl.flock(self._gate_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StorageError(f"{self.name} unavailable: another process holds it too long") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.0005)
+            except OSError as exc:
+                raise StorageError(f"{self.name} unavailable: cannot lock it: {exc}") from exc
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
-        conn = self.connection()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StorageError(f"{self.name} unavailable: {exc}") from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
+        with self.exclusive():
+            conn = self.connection()
             try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            if isinstance(exc, sqlite3.Error):
-                if "full" in str(exc).lower():
-                    raise StorageFull(f"{self.name}: {exc}") from exc
-                raise StorageError(f"{self.name} write failed: {exc}") from exc
-            raise
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(f"{self.name} unavailable: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                if isinstance(exc, sqlite3.Error):
+                    if "full" in str(exc).lower():
+                        raise StorageFull(f"{self.name}: {exc}") from exc
+                    raise StorageError(f"{self.name} write failed: {exc}") from exc
+                raise
 
     def read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """Run a query on this thread's connection; SQLite errors become StorageError."""

@@ -2,8 +2,10 @@
 
 Durability: WAL journal with ``synchronous=FULL`` (configurable), so a committed transaction
 survives a power cut. Concurrency: one connection per thread (waitress runs the app in several),
-``BEGIN IMMEDIATE`` for writes so writers queue on the busy timeout instead of failing mid-way,
-and several processes may share one database file.
+writers queue on the database's gate (``SqliteDatabase.exclusive``), and several processes may share
+one database file. Concurrent stores share commits: ``add_instances`` calls that arrive while
+another is committing are committed together by the next of them (group commit), so N requests
+storing at once pay for about one flush of the log instead of N in a row.
 
 Column names come only from ``model.INDEXED``; values are always bound parameters.
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from ..model import EVERY_LEVEL_TAGS, INDEXED, INDEXED_BY_TAG, Level, fold_text
@@ -196,6 +200,22 @@ _INSERT_INSTANCE = (f"INSERT INTO instance ({', '.join(_INSTANCE_INSERT_COLUMNS)
                     f"VALUES ({', '.join('?' * len(_INSTANCE_INSERT_COLUMNS))})")
 
 
+@dataclass(eq=False)
+class _AddCall:
+    """One waiting ``add_instances`` call: its records, and its results once a commit has included it."""
+
+    records: Sequence[InstanceRecord]
+    policy: DuplicatePolicy
+    results: list[AddResult] | None = None
+    error: BaseException | None = None
+    done: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+# A group commit takes the waiting calls up to about this many records (a call is never split).
+GROUP_RECORDS = 1000
+
+
 class SqliteIndex(SqliteDatabase):
     """IndexStore on one SQLite file, safe for many threads and processes."""
 
@@ -204,23 +224,84 @@ class SqliteIndex(SqliteDatabase):
         super().__init__(path, migrations=MIGRATIONS, name="index", synchronous=synchronous,
                          busy_timeout_ms=busy_timeout_ms, functions={"dw_match": (2, _dw_match)},
                          pragmas=("foreign_keys=ON", "cache_size=-16000"))
+        self._waiting: list[_AddCall] = []
+        self._waiting_lock = threading.Lock()
 
     # -- writes ------------------------------------------------------------------------------
     def add_instances(self, records: Sequence[InstanceRecord], policy: DuplicatePolicy) -> list[AddResult]:
-        results: list[AddResult] = []
+        """Commit the records (group commit: see the module docstring); returns once they are durable.
+
+        The call queues itself, then waits for the writer gate. Whoever holds the gate next commits
+        every call queued by then in one transaction; a call that finds itself done on getting
+        the gate just returns. Calls in one group see each other's rows in queue order, exactly as
+        if committed one after the other. If a group's transaction fails, each of its calls is
+        retried alone, so one call's failure is never another's.
+        """
+        call = _AddCall(records, policy)
+        with self._waiting_lock:
+            self._waiting.append(call)
+        try:
+            with self.exclusive():
+                if not call.done:
+                    with self._waiting_lock:
+                        group, total = [], 0
+                        while self._waiting and (not group or total + len(self._waiting[0].records) <= GROUP_RECORDS):
+                            group.append(self._waiting.pop(0))
+                            total += len(group[-1].records)
+                    self._commit_group(group)
+        except StorageError:
+            # The gate was not ours in time. Still queued: withdrawn, so no later group commits
+            # what the caller was told failed. Already taken by a group in progress: its outcome
+            # is this call's.
+            with self._waiting_lock:
+                if call in self._waiting:
+                    self._waiting.remove(call)
+                    raise
+            call.finished.wait()
+        if call.error is not None:
+            raise call.error
+        assert call.results is not None
+        return call.results
+
+    def _commit_group(self, group: list[_AddCall]) -> None:
+        try:
+            if len(group) > 1:
+                try:
+                    outcomes = self._add_in_one_transaction([(c.records, c.policy) for c in group])
+                except Exception:
+                    outcomes = None  # each call alone below, to keep its failure its own
+                if outcomes is not None:
+                    for c, results in zip(group, outcomes):
+                        c.results, c.done = results, True
+                    return
+            for c in group:
+                try:
+                    c.results = self._add_in_one_transaction([(c.records, c.policy)])[0]
+                except Exception as exc:
+                    c.error = exc
+                c.done = True
+        finally:
+            for c in group:  # the committing thread died (BaseException): no caller waits forever
+                if not c.done:
+                    c.error, c.done = StorageError("index write interrupted"), True
+                c.finished.set()
+
+    def _add_in_one_transaction(
+            self, calls: list[tuple[Sequence[InstanceRecord], DuplicatePolicy]]) -> list[list[AddResult]]:
         now = time.time()
+        outcomes: list[list[AddResult]] = []
         with self.write() as conn:
-            touched_series: set[int] = set()
+            touched_series: dict[int, int] = {}
             touched_studies: set[int] = set()
             upserted: dict[tuple[str, str], tuple[list[Any], int]] = {}
-            for rec in records:
-                result = self._add_one(conn, rec, policy, now, touched_series, touched_studies, upserted)
-                results.append(result)
+            for records, policy in calls:
+                outcomes.append([self._add_one(conn, rec, policy, now, touched_series, touched_studies, upserted)
+                                 for rec in records])
             self._recount(conn, touched_series, touched_studies)
-        return results
+        return outcomes
 
     def _add_one(self, conn: sqlite3.Connection, rec: InstanceRecord, policy: DuplicatePolicy, now: float,
-                 touched_series: set[int], touched_studies: set[int],
+                 touched_series: dict[int, int], touched_studies: set[int],
                  upserted: dict[tuple[str, str], tuple[list[Any], int]]) -> AddResult:
         existing = conn.execute(
             "SELECT i.pk, i.blob_key, i.series_pk, i.study_pk FROM instance i WHERE i.sop_uid=?",
@@ -235,7 +316,7 @@ class SqliteIndex(SqliteDatabase):
         obsolete = None
         if existing is not None:
             conn.execute("DELETE FROM instance WHERE pk=?", (existing["pk"],))
-            touched_series.add(existing["series_pk"])
+            touched_series[existing["series_pk"]] = touched_series.get(existing["series_pk"], 0) - 1
             touched_studies.add(existing["study_pk"])
             obsolete = existing["blob_key"]
         study_pk = self._upsert(conn, "study", "study_uid", rec.study_uid, STUDY_COLUMNS, rec.study_columns,
@@ -246,7 +327,7 @@ class SqliteIndex(SqliteDatabase):
         values += [rec.transfer_syntax, rec.blob_key, rec.size, rec.digest, rec.metadata_json, rec.frames_json,
                    rec.bulk_json, now]
         conn.execute(_INSERT_INSTANCE, values)
-        touched_series.add(series_pk)
+        touched_series[series_pk] = touched_series.get(series_pk, 0) + 1
         touched_studies.add(study_pk)
         return AddResult(rec.sop_uid, Outcome.REPLACED if existing is not None else Outcome.STORED, obsolete)
 
@@ -284,13 +365,19 @@ class SqliteIndex(SqliteDatabase):
         return int(row[0])
 
     @staticmethod
-    def _recount(conn: sqlite3.Connection, series_pks: set[int], study_pks: set[int]) -> None:
-        """Keep the derived counts and ModalitiesInStudy right; drop emptied series and studies."""
-        for pk in series_pks:
-            n = conn.execute("SELECT count(*) FROM instance WHERE series_pk=?", (pk,)).fetchone()[0]
-            if n:
-                conn.execute("UPDATE series SET num_instances=? WHERE pk=?", (n, pk))
-            else:
+    def _recount(conn: sqlite3.Connection, series_deltas: dict[int, int], study_pks: set[int]) -> None:
+        """Keep the derived counts and ModalitiesInStudy right; drop emptied series and studies.
+
+        ``series_deltas`` holds the instances each series gained (or lost) in this transaction: a series'
+        count is kept by adding them, since counting its rows would cost a step per instance it holds
+        (thousands in a thin-slice CT series) on every store into it.
+        """
+        for pk, delta in series_deltas.items():
+            if not delta:
+                continue
+            n = conn.execute("UPDATE series SET num_instances=num_instances+? WHERE pk=? RETURNING num_instances",
+                             (delta, pk)).fetchone()[0]
+            if n <= 0:
                 conn.execute("DELETE FROM series WHERE pk=?", (pk,))
         for pk in study_pks:
             row = conn.execute("SELECT count(*) FROM series WHERE study_pk=?", (pk,)).fetchone()
@@ -311,9 +398,11 @@ class SqliteIndex(SqliteDatabase):
             rows = conn.execute(
                 f"SELECT i.pk, i.blob_key, i.series_pk, i.study_pk FROM instance i JOIN series s ON s.pk=i.series_pk "
                 f"JOIN study st ON st.pk=i.study_pk WHERE {where}", params).fetchall()
+            lost: dict[int, int] = {}
             for row in rows:
                 conn.execute("DELETE FROM instance WHERE pk=?", (row["pk"],))
-            self._recount(conn, {r["series_pk"] for r in rows}, {r["study_pk"] for r in rows})
+                lost[row["series_pk"]] = lost.get(row["series_pk"], 0) - 1
+            self._recount(conn, lost, {r["study_pk"] for r in rows})
         return [r["blob_key"] for r in rows]
 
     # -- reads -------------------------------------------------------------------------------
