@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -559,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_ceiling:
         serve_ceiling(args.serve_ceiling, args.ceiling_workers)
         return 0
+    # A plain `kill` must still stop the servers started below (the finally blocks), not orphan them.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     loaded = Loaded(Corpus(args.seed, "large", args.studies, args.series, args.instances),
                     Corpus(args.seed, "small", args.small_studies, args.series, args.instances, tag="load-small"))
     workloads = build_workloads(loaded, args)
