@@ -7,7 +7,9 @@ Targets, each allowed to refuse its input only the documented way:
 * ``dicomjson``: ``json.loads`` then ``dicomjson.json_to_dataset`` (400), and ``xml_to_json`` (400);
 * ``ingest``: ``ingest.prepare`` on the input as an uploaded file -> a record, or ``IngestError``
   (anything else would be a 500 in STOW);
-* ``stow``: the input as a single-part STOW request through the whole app -> never a 5xx.
+* ``stow``: the input as a single-part STOW request through the whole app -> never a 5xx;
+* ``ingest-same``: ``ingest.prepare`` with the fast reader (``part10_json``) and with pydicom alone on the
+  same upload -> the same record, or the same refusal (what tests/test_part10_json.py asserts).
 
 Usage: ``python benchmarks/fuzz_atheris.py TARGET [libFuzzer options, e.g. -runs=100000
 -max_total_time=300]``. Any other exception stops the run with the crashing input saved by libFuzzer
@@ -83,16 +85,39 @@ def fuzz_dicomjson(data: bytes) -> None:
         pass
 
 
-def fuzz_ingest(data: bytes) -> None:
+def _upload(data: bytes) -> str:
     fd, path = tempfile.mkstemp(dir=SPOOL)
     with os.fdopen(fd, "wb") as fh:
         fh.write(b"\0" * 128 + b"DICM" + data if not data.startswith(b"\x02\x00") else data)
+    return path
+
+
+def _prepared(path: str, fast: bool) -> ingest.Prepared | tuple:
     try:
-        ingest.prepare(path)
-    except ingest.IngestError:
-        pass
+        return ingest.prepare(path, fast=fast)
+    except ingest.IngestError as exc:
+        return ("refused", exc.code, exc.reason, exc.sop_class_uid, exc.sop_uid)
+
+
+def fuzz_ingest(data: bytes) -> None:
+    path = _upload(data)
+    try:
+        _prepared(path, fast=True)
     finally:
         os.unlink(path)
+
+
+def fuzz_ingest_same(data: bytes) -> None:
+    outcomes = []
+    for fast in (False, True):  # each reader gets the upload as sent (prepare may add a missing preamble)
+        path = _upload(data)
+        try:
+            outcomes.append(_prepared(path, fast=fast))
+        finally:
+            os.unlink(path)
+    slow, fast = outcomes
+    if fast != slow:
+        raise AssertionError(f"fast reader and pydicom differ:\n fast: {fast!r:.2000}\n pydicom: {slow!r:.2000}")
 
 
 _APP = None
@@ -115,7 +140,7 @@ def fuzz_stow(data: bytes) -> None:
 
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "multipart": fuzz_multipart, "mediatypes": fuzz_mediatypes, "dicomjson": fuzz_dicomjson,
-    "ingest": fuzz_ingest, "stow": fuzz_stow,
+    "ingest": fuzz_ingest, "stow": fuzz_stow, "ingest-same": fuzz_ingest_same,
 }
 
 

@@ -369,7 +369,9 @@ class _Parser:
                  path: str, top: bool) -> tuple[dict[str, Any] | None, int]:
         """One element's JSON (None for what dicomjson leaves out) and where its value ends."""
         if not tag & 0xFFFF or tag == _TRAILING_PADDING:  # group lengths, padding: stepped over
-            if length == _UNDEFINED or length & 1 or self.base + p + length > self.size:
+            # An unknown explicit VR: pydicom reads such an element as implicit VR (another length).
+            if (vr_code is not None and vr_code not in _VR_NAMES) or length == _UNDEFINED or length & 1 \
+                    or self.base + p + length > self.size:
                 raise _Decline
             return None, p + length
         vr = _VR_NAMES.get(vr_code) if vr_code is not None else None  # type: ignore[arg-type]

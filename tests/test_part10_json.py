@@ -286,6 +286,21 @@ def test_a_data_set_contradicting_its_file_meta_is_left_to_pydicom(tmp_path):
         assert not _same(tmp_path, data)
 
 
+def test_a_group_length_or_padding_with_an_unknown_vr_is_left_to_pydicom(tmp_path):
+    # Found by benchmarks/fuzz_atheris.py ingest-same: pydicom reads an element whose explicit VR is not a
+    # VR as implicit VR, so the 4 bytes after its tag are its length; stepping over it by the 2-byte
+    # length gave another outcome (pydicom: truncated file).
+    data = dataset_bytes(make_dataset(PatientName="Doe^Jane"))
+    name = b"\x10\x00\x10\x00PN"
+    group_length = b"\x10\x00\x00\x00UL\x04\x00" + (10 + len("Doe^Jane")).to_bytes(4, "little")
+    padding = b"\xfc\xff\xfc\xffOB\x00\x00\x02\x00\x00\x00\x00\x00"
+    for element, where in ((group_length, data.index(name)), (padding, len(data))):
+        good = data[:where] + element + data[where:]
+        assert _same(tmp_path, good)  # stepped over by the fast reader: the same record
+        bad = data[:where] + element[:4] + b"\x00N" + element[6:] + data[where:]
+        assert not _same(tmp_path, bad)
+
+
 def test_the_record_is_the_same_without_a_preamble(tmp_path):
     assert _same(tmp_path, _VARIANTS["sequences, undefined lengths"][132:])
 
