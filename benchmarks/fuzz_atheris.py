@@ -26,6 +26,7 @@ import tempfile
 from typing import Callable
 
 import atheris
+from pydicom.encaps import encapsulate
 
 from dicomweb_wsgi import dicomjson, ingest, mediatypes, multipart
 from dicomweb_wsgi.errors import BadRequest, PayloadTooLarge
@@ -148,8 +149,14 @@ def seeds(target: str) -> list[bytes]:
     """Valid inputs to start from, so the fuzzer mutates real structure rather than finding it."""
     ds = make_dataset(rows=4, columns=4)
     ds.ReferencedImageSequence = [make_dataset(rows=1, columns=1)]
+    encapsulated = make_dataset(rows=4, columns=4, bits=8, transfer_syntax="1.2.840.10008.1.2.4.50")
+    encapsulated.PixelData = encapsulate([b"\xff\xd8\xff\xe0" + bytes([n]) * 24 for n in range(2)])
+    encapsulated["PixelData"].VR = "OB"
+    encapsulated["PixelData"].is_undefined_length = True
+    encapsulated.NumberOfFrames = 2
     files = [dataset_bytes(ds), dataset_bytes(make_dataset(rows=4, columns=4, transfer_syntax="1.2.840.10008.1.2")),
-             dataset_bytes(make_dataset(rows=4, columns=4, transfer_syntax="1.2.840.10008.1.2.1.99"))]
+             dataset_bytes(make_dataset(rows=4, columns=4, transfer_syntax="1.2.840.10008.1.2.1.99")),
+             dataset_bytes(encapsulated)]
     if target == "multipart":
         return [b"\x10" + stow_body([make_dataset(rows=2, columns=2)] * 2)[1]]
     if target == "mediatypes":
