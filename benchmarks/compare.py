@@ -120,7 +120,11 @@ def start_ceiling(manifest: str, workers: int) -> Target:
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve-ceiling", manifest,
                              "--ceiling-workers", str(workers)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
+    try:
+        line = proc.stdout.readline().strip()
+    except BaseException:  # SIGTERM (SystemExit) while it starts: not left running
+        proc.kill()
+        raise
     if not line.startswith("http://"):
         proc.kill()
         raise RuntimeError(f"ceiling server did not start: {line}")

@@ -27,7 +27,11 @@ class ServerProcess:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})})
         self.startup_output: list[str] = []  # the lines up to and including the one with the URL
-        self.url = self._wait_for_url()
+        try:
+            self.url = self._wait_for_url()
+        except BaseException:  # including SystemExit from a benchmark's SIGTERM: not left running
+            self.stop()
+            raise
         self.output: list[str] = []
         # Keep reading the server's output so a full pipe never blocks it.
         self._drain = threading.Thread(target=self._read_output, daemon=True)
