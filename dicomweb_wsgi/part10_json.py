@@ -321,6 +321,8 @@ class _Parser:
                 if 0x10 <= element <= 0xFF:
                     level.creators[tag] = buf[p:value_end]
             elif tag == _CHARSET:
+                if value is None or value["vr"] != "CS":
+                    raise _Decline  # pydicom decodes such a value as its VR says, then fails to use it
                 if any(element["vr"] in _CHARSET_VRS for element in out.values()):
                     raise _Decline  # dicomjson decodes every text of the data set with its character set
                 level.encodings = _encodings(buf[p:value_end])

@@ -301,6 +301,23 @@ def test_a_group_length_or_padding_with_an_unknown_vr_is_left_to_pydicom(tmp_pat
         assert not _same(tmp_path, bad)
 
 
+def test_a_specific_character_set_that_is_not_cs_is_left_to_pydicom(tmp_path):
+    # Found by benchmarks/fuzz_atheris.py ingest-same: pydicom reads (0008,0005) as the VR it is given; as SS its
+    # values are numbers, charset conversion fails, and the reference path keeps the item's sequence as UN,
+    # while the fast reader took the bytes as "ISO_IR 100".
+    ds = make_dataset()
+    item = Dataset()
+    item.SpecificCharacterSet = "ISO_IR 100"
+    item.ReferencedSOPInstanceUID = new_uid()
+    ds.ReferencedImageSequence = [item]
+    data = dataset_bytes(ds)
+    charset = b"\x08\x00\x05\x00CS"
+    top, nested = data.index(charset), data.index(charset, data.index(charset) + 1)
+    assert _same(tmp_path, data)
+    for at in (top, nested):
+        assert not _same(tmp_path, data[:at + 4] + b"SS" + data[at + 6:])
+
+
 def test_the_record_is_the_same_without_a_preamble(tmp_path):
     assert _same(tmp_path, _VARIANTS["sequences, undefined lengths"][132:])
 
