@@ -33,7 +33,7 @@ from tests.test_crash import (SINGLE_PART, STOW_TYPE, acknowledged, audit_dir, i
                               same_bytes, stow_chunks)
 
 SECTIONS = ("crash", "faults", "concurrency", "hostile", "fuzz")
-FUZZ_TARGETS = ("multipart", "mediatypes", "dicomjson", "ingest", "stow")
+FUZZ_TARGETS = ("multipart", "mediatypes", "dicomjson", "ingest", "stow", "ingest-same")
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 7200) -> subprocess.CompletedProcess:
@@ -183,7 +183,7 @@ def fuzz(quick: bool) -> dict[str, Any]:
     results = {}
     workdir = tempfile.mkdtemp(prefix="fuzz-")
     for target in FUZZ_TARGETS:
-        runs = 2000 if quick else (200_000 if target in ("ingest", "stow", "multipart") else 500_000)
+        runs = 2000 if quick else (200_000 if target in ("ingest", "stow", "multipart", "ingest-same") else 500_000)
         cmd = [sys.executable, os.path.join(ROOT, "benchmarks/fuzz_atheris.py"), target, f"-runs={runs}"]
         print("$", " ".join(cmd), flush=True)
         started = time.monotonic()
@@ -347,9 +347,18 @@ def render(results: dict[str, Any]) -> str:
             "- An encapsulated Pixel Data item whose length runs past the end of the file was stored, and a frame "
             "request then failed mid-stream -> 0xC000 at store time "
             "`test_hostile_encapsulated_fragment_longer_than_the_file_is_refused_with_c000`.",
-            "- Open: instance `/bulkdata` of compressed Pixel Data that cannot be decoded fails after the 200 has "
-            "gone out (a cut-short body) -> `test_hostile_undecodable_compressed_pixel_data_bulkdata_is_an_error_"
-            "status` (strict xfail until bulkdata.py decodes before answering).", ""]
+            "- A group length or trailing padding element whose explicit VR is not a VR (found by atheris "
+            "`ingest-same`, which asks the fast reader and pydicom for the same outcome): pydicom reads it as "
+            "implicit VR and refuses the file as truncated, the fast reader stepped over it and stored the "
+            "instance -> the fast reader leaves it to pydicom "
+            "`test_a_group_length_or_padding_with_an_unknown_vr_is_left_to_pydicom`.",
+            "- A Specific Character Set whose VR is not CS (found by atheris `ingest-same`): pydicom decodes it as "
+            "numbers and refuses the upload (inside an item: keeps the sequence as UN), the fast reader read the "
+            "bytes as a character set name and stored the instance -> the fast reader leaves it to pydicom "
+            "`test_a_specific_character_set_that_is_not_cs_is_left_to_pydicom`.",
+            "- Instance `/bulkdata` of compressed Pixel Data that cannot be decoded failed after the 200 had gone "
+            "out (a cut-short body) -> 406 before the status: the first part is produced before answering "
+            "`test_hostile_undecodable_compressed_pixel_data_bulkdata_is_an_error_status`.", ""]
     out += ["## What these runs do not show", "",
             "- `kill -9` keeps the page cache, so the crash trials prove ordering (blob durable before the index "
             "commit, index rows deleted before blobs), not fsync: a power cut is covered only by the fsync calls "
