@@ -219,7 +219,7 @@ def _layout_at(path: str, ds: Dataset, ts: str | None, value_offset: int, length
     """The layout of a Pixel Data value known to start at ``value_offset`` with ``length``."""
     if ts is None:
         return None
-    image = partial(_json_value, attrs) if attrs is not None and ts in _NATIVE else ds.get
+    image = image_from_json(attrs) if attrs is not None and ts in _NATIVE else ds.get
     return layout_at(path, ts, value_offset, length, image, size)
 
 
