@@ -246,3 +246,29 @@ def test_index_kept_counts_equal_the_rows_through_adds_replaces_moves_and_delete
             index.add_instances(batch, rng.choice([DuplicatePolicy.REPLACE, DuplicatePolicy.IGNORE]))
         assert counted() == actual(), step
     assert actual()[0]  # the walk left instances to count
+
+
+def test_index_rewrites_study_and_series_rows_only_when_a_value_changes(index, monkeypatch):
+    from dicomweb_wsgi.storage import sqlite_index
+
+    clock = iter(range(1000, 2000))
+    monkeypatch.setattr(sqlite_index.time, "time", lambda: float(next(clock)))
+
+    def rows():
+        return (tuple(index.read("SELECT patient_name, updated_at FROM study")[0]),
+                tuple(index.read("SELECT modality, series_number, updated_at FROM series")[0]))
+
+    index.add_instances([record("1.1")], DuplicatePolicy.IGNORE)
+    first = rows()
+    index.add_instances([record("1.2")], DuplicatePolicy.IGNORE)  # same study and series values
+    assert rows() == first
+    changed = record("1.3")
+    changed.study_columns["patient_name"] = "Meier^Anna"
+    changed.series_columns["series_number"] = "2"
+    index.add_instances([changed], DuplicatePolicy.IGNORE)  # the latest instance wins
+    (name, study_updated), (modality, number, series_updated) = rows()
+    assert (name, modality, number) == ("Meier^Anna", "CT", "2")
+    assert study_updated > first[0][1] and series_updated > first[1][2]
+    assert index.read("SELECT patient_name_fold FROM study")[0][0] == "meier^anna"
+    assert [r[0] for r in index.read("SELECT rowid FROM study_name_trigram WHERE name MATCH 'meier'")] == [1]
+    assert index.read("SELECT num_instances FROM series")[0][0] == 3

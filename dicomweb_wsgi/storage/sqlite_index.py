@@ -337,8 +337,10 @@ class SqliteIndex(SqliteDatabase):
                 upserted: dict[tuple[str, str], tuple[list[Any], int]] | None = None) -> int:
         """Insert the study/series row, or update its attributes (the latest instance wins).
 
-        ``upserted`` remembers what this transaction wrote: the instances of one request mostly
-        share their study and series, and writing the same values again would change nothing.
+        A row is written only when a value differs (``updated_at`` is when one last did): rewriting
+        equal values would still rewrite the entry of every index on them, which doubled the pages a
+        one-instance store puts in the WAL. ``upserted`` remembers what this transaction already
+        wrote or read, since the instances of one request mostly share their study and series.
         """
         names = list(columns)
         vals = [values.get(c) for c in columns]
@@ -347,22 +349,29 @@ class SqliteIndex(SqliteDatabase):
                 names.append(col + "_fold")
                 raw = values.get(col)
                 vals.append(fold_text(raw) if raw else raw)
-        names += ["attrs_json", "updated_at"]
-        vals += [attrs_json, now]
+        names.append("attrs_json")
+        vals.append(attrs_json)
         if study_pk is not None:
             names.append("study_pk")
             vals.append(study_pk)
         written = upserted.get((table, uid)) if upserted is not None else None
         if written is not None and written[0] == vals:
             return written[1]
-        assignments = ", ".join(f"{n}=excluded.{n}" for n in names if n != "study_pk")
-        row = conn.execute(
-            f"INSERT INTO {table} ({uid_column}, {', '.join(names)}) VALUES (?{', ?' * len(names)}) "
-            f"ON CONFLICT({uid_column}) DO UPDATE SET {assignments} RETURNING pk",
-            [uid, *vals]).fetchone()
+        row = conn.execute(f"SELECT pk, {', '.join(names)} FROM {table} WHERE {uid_column}=?", (uid,)).fetchone()
+        if row is None:
+            pk = conn.execute(
+                f"INSERT INTO {table} ({uid_column}, {', '.join(names)}, updated_at) "
+                f"VALUES (?{', ?' * len(names)}, ?) RETURNING pk", [uid, *vals, now]).fetchone()[0]
+        else:
+            pk = row[0]
+            # A series keeps the study it was first stored under (a different one is refused before this).
+            changed = [(n, v) for n, v, old in zip(names, vals, tuple(row)[1:]) if v != old and n != "study_pk"]
+            if changed:
+                conn.execute(f"UPDATE {table} SET {', '.join(n + '=?' for n, _ in changed)}, updated_at=? WHERE pk=?",
+                             [*(v for _, v in changed), now, pk])
         if upserted is not None:
-            upserted[(table, uid)] = (vals, int(row[0]))
-        return int(row[0])
+            upserted[(table, uid)] = (vals, int(pk))
+        return int(pk)
 
     @staticmethod
     def _recount(conn: sqlite3.Connection, series_deltas: dict[int, int], study_pks: set[int]) -> None:
