@@ -389,17 +389,13 @@ class SqliteIndex(SqliteDatabase):
             if n <= 0:
                 conn.execute("DELETE FROM series WHERE pk=?", (pk,))
         for pk in study_pks:
-            row = conn.execute("SELECT count(*) FROM series WHERE study_pk=?", (pk,)).fetchone()
-            if not row[0]:
+            series = conn.execute("SELECT modality, num_instances FROM series WHERE study_pk=?", (pk,)).fetchall()
+            if not series:
                 conn.execute("DELETE FROM study WHERE pk=?", (pk,))
                 continue
-            n_inst = conn.execute("SELECT coalesce(sum(num_instances),0) FROM series WHERE study_pk=?",
-                                  (pk,)).fetchone()[0]
-            mods = [r[0] for r in conn.execute(
-                "SELECT DISTINCT modality FROM series WHERE study_pk=? AND modality IS NOT NULL AND modality != '' "
-                "ORDER BY modality", (pk,))]
+            mods = sorted({r[0] for r in series if r[0]})
             conn.execute("UPDATE study SET num_series=?, num_instances=?, modalities=? WHERE pk=?",
-                         (row[0], n_inst, "\\".join(mods), pk))
+                         (len(series), sum(r[1] for r in series), "\\".join(mods), pk))
 
     def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None) -> list[str]:
         where, params = self._where(study_uid, series_uid, sop_uid)
