@@ -105,6 +105,14 @@ def _first_segment(path: str) -> str:
     return path[1:].split("/", 1)[0]
 
 
+def _fits(entry: _PathEntry, slashes: int) -> bool:
+    """Whether a path with this many slashes can match the entry's template (see Router.__init__)."""
+    own = entry.template.count("/")
+    if any(CONVERTERS[conv or "uid"][0] == ".+" for _, conv in _PLACEHOLDER.findall(entry.template)):
+        return slashes >= own
+    return slashes == own
+
+
 class Router:
     """Dispatches a request to the handler of the first template matching its path."""
 
@@ -121,17 +129,26 @@ class Router:
             if route.method in entry.methods:
                 raise ValueError(f"duplicate route {route.method} {route.template}")
             entry.methods[route.method] = route.handler
-        # Candidates by first path segment, so a request tries a handful of patterns, not all of
-        # them; templates starting with a placeholder are candidates for every path. Table order
-        # is kept, since the first match wins.
-        self._by_first: dict[str, list[_PathEntry]] = {}
-        self._any_first: list[_PathEntry] = []
+        # Candidates by first path segment and number of slashes, so a request tries a pattern or
+        # two, not a few dozen (a failed regex costs about half a microsecond, and a QIDO series
+        # search sat 24th among the /studies templates). A placeholder never matches a slash except
+        # a spanning one (bulkpath), which matches any number at or above its template's. Templates
+        # starting with a placeholder are candidates for every first segment. Table order is kept,
+        # since the first match wins.
+        order = {id(entry): n for n, entry in enumerate(self.entries)}
+        any_first = [e for e in self.entries if "{" in _first_segment(e.template)]
+        by_first: dict[str, list[_PathEntry]] = {}
         for entry in self.entries:
             first = _first_segment(entry.template)
-            (self._any_first if "{" in first else self._by_first.setdefault(first, [])).append(entry)
-        order = {id(entry): n for n, entry in enumerate(self.entries)}
-        for first, entries in self._by_first.items():
-            self._by_first[first] = sorted(entries + self._any_first, key=lambda e: order[id(e)])
+            if "{" not in first:
+                by_first.setdefault(first, []).append(entry)
+        # Paths with _slash_cap or more slashes can only match spanning templates, all of which apply.
+        self._slash_cap = 1 + max((e.template.count("/") for e in self.entries), default=0)
+        self._by_shape: dict[tuple[str | None, int], list[_PathEntry]] = {}
+        for first, entries in [*by_first.items(), (None, [])]:
+            candidates = sorted(entries + any_first, key=lambda e: order[id(e)])
+            for slashes in range(self._slash_cap + 1):
+                self._by_shape[(first, slashes)] = [e for e in candidates if _fits(e, slashes)]
 
     @staticmethod
     def allowed(entry: _PathEntry) -> list[str]:
@@ -145,7 +162,11 @@ class Router:
         """The entry whose template matches ``path`` (a trailing slash is ignored) and the raw values."""
         if len(path) > 1 and path.endswith("/"):
             path = path.rstrip("/") or "/"
-        for entry in self._by_first.get(_first_segment(path), self._any_first):
+        slashes = min(path.count("/"), self._slash_cap)
+        candidates = self._by_shape.get((_first_segment(path), slashes))
+        if candidates is None:
+            candidates = self._by_shape[(None, slashes)]
+        for entry in candidates:
             m = entry.regex.match(path)
             if m:
                 return entry, m.groupdict()

@@ -87,11 +87,12 @@ def _paths():
     uids = ["1.2.3", "2.25.1", "x"]
     tails = ["", "/metadata", "/bulkdata", "/bulkdata/7FE00010", "/bulkdata/00091001/2/7FE00010", "/pixeldata",
              "/rendered", "/thumbnail", "/frames/1", "/frames/1,2/rendered", "/frames/3/thumbnail", "/instances",
-             "/series", "/nothing", "/frames", "/frames/1/x/y"]
+             "/series", "/nothing", "/frames", "/frames/1/x/y",
+             "/bulkdata/00091001/2/00091001/3/00091001/4/7FE00010"]  # more slashes than any template
     out = ["/", "//", "/studies", "/series", "/instances", "/wado", "/workitems", "/color-palettes",
            "/hanging-protocols/1.2", "/hanging-protocols/1.2/x", "/unknown", "/unknown/1/2/3/4/5/6/7/8/9/10/11/12",
            "/workitems/1.2/subscribers/AE1/suspend", "/workitems/1.2/state", "/workitems/1.2/cancelrequest",
-           "/workitems/1.2/subscribers/AE1", "/studies//series", "/studies/1.2/", "/studies/1.2//"]
+           "/workitems/1.2/subscribers/AE1", "/studies//series", "/studies/1.2/", "/studies/1.2//", "studies", ""]
     for study in uids:
         out.append(f"/studies/{study}")
         for tail in tails:
