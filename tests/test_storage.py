@@ -249,10 +249,12 @@ def test_index_kept_counts_equal_the_rows_through_adds_replaces_moves_and_delete
 
 
 def test_index_rewrites_study_and_series_rows_only_when_a_value_changes(index, monkeypatch):
+    from types import SimpleNamespace
+
     from dicomweb_wsgi.storage import sqlite_index
 
-    clock = iter(range(1000, 2000))
-    monkeypatch.setattr(sqlite_index.time, "time", lambda: float(next(clock)))
+    clock = iter(range(1000, 2000))  # the index's clock only: each transaction is a second later
+    monkeypatch.setattr(sqlite_index, "time", SimpleNamespace(time=lambda: float(next(clock))))
 
     def rows():
         return (tuple(index.read("SELECT patient_name, updated_at FROM study")[0]),
