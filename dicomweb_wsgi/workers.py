@@ -5,8 +5,8 @@ WAL lets them share the index; blobs are written under random keys). The parent 
 socket(s) once (``bind_listeners``) and forks the workers (worker 0 first, alone until it serves, so
 it creates a new data folder's databases without a race; then the others). Each worker builds its
 own app after the fork, so no SQLite connection, thread pool or lock crosses a fork, and runs
-waitress on the inherited socket, where the kernel hands each new connection to whichever worker
-accepts it first.
+waitress on the inherited socket; a new connection goes to a worker holding the fewest
+(``accept_balance.py``: the parent maps the shared counts, ``on_exit`` clears a dead worker's).
 
 The parent (``Supervisor``) holds no app, no thread and no database: it restarts a worker that dies
 (after a backoff that grows while a worker keeps dying young, logged each time), stops every worker
@@ -101,7 +101,16 @@ def exit_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> None:
     threading.Thread(target=watch, name="dicomweb-parent-watch", daemon=True).start()
 
 
-def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS) -> None:
+def listening_dispatchers(server: Any) -> list[Any]:
+    """The listening dispatchers (one per socket) of a waitress server from ``create_server``."""
+    from waitress.server import BaseWSGIServer
+
+    socket_map = server.map if hasattr(server, "map") else server._map
+    return [obj for obj in socket_map.values() if isinstance(obj, BaseWSGIServer)]
+
+
+def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS,
+                        on_listeners_closed: Callable[[], None] = lambda: None) -> None:
     """Run a waitress server (from ``create_server``) until SIGTERM or SIGINT, then stop gracefully.
 
     Stopping: close this process's listening sockets (the port is free once every worker has), keep
@@ -110,7 +119,6 @@ def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS) -> No
     """
     from waitress import wasyncore
     from waitress.channel import HTTPChannel
-    from waitress.server import BaseWSGIServer
 
     stop: list[int] = []
 
@@ -123,11 +131,11 @@ def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS) -> No
     adj = server.adj
     while not stop and socket_map:
         wasyncore.loop(timeout=adj.asyncore_loop_timeout, map=socket_map, use_poll=adj.asyncore_use_poll, count=1)
-    for obj in list(socket_map.values()):
-        if isinstance(obj, BaseWSGIServer):
-            # The dispatcher's own close, not the server's: the server's would also close the trigger
-            # that request threads use to wake this loop.
-            wasyncore.dispatcher.close(obj)
+    for obj in listening_dispatchers(server):
+        # The dispatcher's own close, not the server's: the server's would also close the trigger
+        # that request threads use to wake this loop.
+        wasyncore.dispatcher.close(obj)
+    on_listeners_closed()
     deadline = time.monotonic() + drain_seconds
     while time.monotonic() < deadline:
         # Read what has arrived first, so a request already sent counts as one being read.
@@ -168,13 +176,15 @@ class Supervisor:
     """Fork ``count`` workers running ``target`` and keep them running until told to stop."""
 
     def __init__(self, count: int, target: WorkerTarget, sockets: Sequence[socket.socket], *,
-                 max_seconds: float = 0.0, stop_seconds: float = STOP_SECONDS) -> None:
+                 max_seconds: float = 0.0, stop_seconds: float = STOP_SECONDS,
+                 on_exit: Callable[[int], None] = lambda index: None) -> None:
         if not 1 <= count <= MAX_WORKERS:
             raise ValueError(f"workers must be between 1 and {MAX_WORKERS}")
         self.target = target
         self.sockets = list(sockets)
         self.max_seconds = max_seconds
         self.stop_seconds = stop_seconds
+        self.on_exit = on_exit  # called in the parent with the index of each worker that ended
         self.slots = [_Slot(i) for i in range(count)]
         self._stopping = False
         self._pid = os.getpid()
@@ -307,6 +317,7 @@ class Supervisor:
             for slot in self.slots:
                 if slot.pid == pid:
                     ended.append((slot, status))
+                    self.on_exit(slot.index)
         return ended
 
     def _stop_all(self) -> None:

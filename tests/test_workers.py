@@ -123,6 +123,44 @@ def test_workers_each_worker_serves_alone_and_all_share_one_data_folder(tmp_path
         assert server.children() == [first, second]  # stopping and continuing replaced nobody
 
 
+def keep_alive(port: int) -> socket.socket:
+    """A new connection that has been answered once (so a worker has accepted it) and stays open."""
+    conn = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+    assert answers(conn)
+    return conn
+
+
+def answers(conn: socket.socket, timeout: float = DEADLINE) -> bool:
+    """Whether a GET on this open connection is answered within ``timeout``."""
+    conn.settimeout(timeout)
+    conn.sendall(b"GET /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    try:
+        return read_head(conn).startswith(b"HTTP/1.1 200 ")
+    except socket.timeout:
+        return False
+    finally:
+        conn.settimeout(DEADLINE)
+
+
+def test_workers_new_connections_go_to_the_worker_holding_fewer(tmp_path):
+    """accept_balance.py: a worker holding more connections leaves new ones to the other; by chance
+    alone, three new connections would all land on the idle worker one time in eight."""
+    with ServerProcess(str(tmp_path / "data"), extra=WORKERS_2, max_seconds=300) as server:
+        first, second = workers_of(server)
+        with stopped([second]):  # `first` takes these (after its grace, as `second` holds fewer)
+            held = [keep_alive(server.port) for _ in range(3)]
+        wait_for(lambda: process_state(second) == "S", "the continued worker to wait for work")
+        fresh = [keep_alive(server.port) for _ in range(3)]
+        try:
+            with stopped([first]):
+                assert all(answers(conn) for conn in fresh)  # `second` holds the new ones ...
+                assert not answers(held[0], timeout=0.5)  # ... and `first`, stopped, the old ones
+            assert read_head(held[0]).startswith(b"HTTP/1.1 200 ")  # answered once `first` continues
+        finally:
+            for conn in held + fresh:
+                conn.close()
+
+
 def test_workers_concurrent_stows_over_many_connections_land_exactly_once(tmp_path):
     pool = make_pool(random.Random(3))
     data_dir = str(tmp_path / "data")
