@@ -47,9 +47,11 @@ def test_counts_start_not_serving_and_are_shared_with_a_forked_child():
     counts = ConnectionCounts(3)
     assert [counts[i] for i in range(3)] == [NOT_SERVING] * 3
     pid = os.fork()
-    if pid == 0:
-        counts[1] = 7
-        os._exit(0)
+    if pid == 0:  # the child must never return into pytest
+        try:
+            counts[1] = 7
+        finally:
+            os._exit(0)
     os.waitpid(pid, 0)
     assert counts[1] == 7
 
