@@ -27,6 +27,8 @@ from pydicom.uid import generate_uid
 from websockets.sync.client import connect
 
 from dicomweb_wsgi import workflow
+from dicomweb_wsgi.accept_balance import NOT_SERVING, ConnectionCounts
+from dicomweb_wsgi.workers import Supervisor, bind_listeners, serve_until_stopped
 from dicomweb_wsgi.testing import dataset_bytes, make_dataset
 
 from .serverproc import ServerProcess, process_gone, process_state
@@ -258,6 +260,49 @@ def test_workers_max_seconds_stops_the_parent_and_its_workers(tmp_path):
         assert all(process_gone(pid) for pid in workers)
     finally:
         server.stop()
+
+
+def test_supervisor_reports_every_worker_that_ended_to_on_exit():
+    """The parent learns of each ended worker (``on_exit``: accept_balance clears its slot with it),
+    whether it ended by itself or was stopped."""
+    ended: list[int] = []
+
+    def target(index: int, ready: Callable[[], None]) -> int:
+        ready()
+        time.sleep(0.2 if index == 1 else 60)  # worker 1 ends by itself; worker 0 runs until stopped
+        return 0
+
+    sockets = bind_listeners("127.0.0.1", 0, 16)
+    supervisor = Supervisor(2, target, sockets, max_seconds=1.5, on_exit=ended.append)
+    assert supervisor.run() == 0
+    assert ended.count(1) >= 1 and ended.count(0) == 1, ended
+
+
+def test_a_stopping_worker_retires_its_slot_once_its_listeners_are_closed():
+    """serve_until_stopped calls ``on_listeners_closed`` (accept_balance: the others stop deferring to it)."""
+    import waitress
+
+    counts = ConnectionCounts(1)
+    sockets = bind_listeners("127.0.0.1", 0, 16)
+    pid = os.fork()
+    if pid == 0:  # the child must never return into pytest
+        code = 1
+        try:
+            server = waitress.create_server(lambda env, start: [], sockets=sockets, threads=1)
+            counts[0] = 5
+            serve_until_stopped(server, drain_seconds=1, on_listeners_closed=lambda: counts.retire(0))
+            code = 0
+        finally:
+            os._exit(code)
+    try:
+        wait_for(lambda: counts[0] == 5, "the child to serve")
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert counts[0] == NOT_SERVING
 
 
 # -- configuration -------------------------------------------------------------------------------------
