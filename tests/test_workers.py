@@ -288,14 +288,20 @@ def test_a_stopping_worker_retires_its_slot_once_its_listeners_are_closed():
     if pid == 0:  # the child must never return into pytest
         code = 1
         try:
-            server = waitress.create_server(lambda env, start: [], sockets=sockets, threads=1)
+            def app(env: dict, start: Callable) -> list[bytes]:
+                start("200 OK", [("Content-Length", "0")])
+                return [b""]
+            server = waitress.create_server(app, sockets=sockets, threads=1)
             counts[0] = 5
             serve_until_stopped(server, drain_seconds=1, on_listeners_closed=lambda: counts.retire(0))
             code = 0
         finally:
             os._exit(code)
     try:
-        wait_for(lambda: counts[0] == 5, "the child to serve")
+        wait_for(lambda: counts[0] == 5, "the child to start")
+        # An answer means its loop runs, so its SIGTERM handler is in place (installed before the loop).
+        port = sockets[0].getsockname()[1]
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=DEADLINE).status_code == 200
         os.kill(pid, signal.SIGTERM)
         _, status = os.waitpid(pid, 0)
     finally:
