@@ -181,8 +181,16 @@ def test_workers_killed_worker_is_replaced_and_the_server_keeps_answering(tmp_pa
         victim, survivor = workers_of(server)
         os.kill(victim, signal.SIGKILL)
         assert fresh_get(server.url).status_code == 200  # the survivor answers meanwhile
-        wait_for(lambda: len(server.children()) == 2 and victim not in server.children(), "a replacement worker")
-        replacement = next(pid for pid in server.children() if pid != survivor)
+        others: list[int] = []
+
+        def replaced() -> bool:
+            # One look at the children per check: a killed worker still tearing down is listed
+            # (not yet a zombie) in one look and gone in the next.
+            pids = server.children()
+            others[:] = [pid for pid in pids if pid not in (victim, survivor)]
+            return process_gone(victim) and survivor in pids and len(others) == 1
+        wait_for(replaced, "a replacement worker")
+        replacement = others[0]
         with stopped([survivor]):  # the replacement serves on its own
             sent = new_instance()
             assert store(server.url, [sent]).status_code == 200
