@@ -83,8 +83,13 @@ def new_instance(study: str | None = None) -> Sent:
 
 
 def workers_of(server: ServerProcess, count: int = 2) -> list[int]:
-    wait_for(lambda: len(server.children()) == count, f"{count} workers")
-    return server.children()
+    seen: list[int] = []
+
+    def counted() -> bool:
+        seen[:] = server.children()  # one look per check, and the answer is that look
+        return len(seen) == count
+    wait_for(counted, f"{count} workers")
+    return list(seen)
 
 
 def port_is_free(port: int) -> bool:
