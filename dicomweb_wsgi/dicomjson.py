@@ -71,7 +71,7 @@ import math
 import re
 import struct
 from array import array
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import ParseError
@@ -649,19 +649,9 @@ def json_to_dataset(
 def _build_dataset(
     obj: dict[str, Any], loader: Callable[[str], bytes] | None, where: str, depth: int
 ) -> Dataset:
-    if depth > MAX_DEPTH:
-        raise BadRequest(f"sequences nested deeper than {MAX_DEPTH} levels")
     ds = Dataset()
     meta: FileMetaDataset | None = None
-    for key in sorted(obj, key=_tag_sort_key):
-        tag = _parse_tag(key, where)
-        attr = obj[key]
-        name = where + key.upper()
-        if not isinstance(attr, dict):
-            raise BadRequest(f"attribute {name}: must be a JSON object")
-        vr = attr.get("vr")
-        if not isinstance(vr, str) or vr not in _ALL_VRS:
-            raise BadRequest(f"attribute {name}: missing or unknown vr {vr!r}")
+    for tag, vr, attr, name in _attributes(obj, where, depth):
         elem = _build_element(tag, vr, attr, loader, name, depth)
         if tag >> 16 == 2:
             if meta is None:
@@ -672,6 +662,23 @@ def _build_dataset(
     if meta is not None:
         ds.file_meta = meta
     return ds
+
+
+def _attributes(obj: dict[str, Any], where: str, depth: int) -> Iterator[tuple[int, str, dict[str, Any], str]]:
+    """The attributes of a DICOM JSON object in tag order as (tag, vr, attribute, name for messages),
+    each checked to be an object with a known VR; too deep a nesting, a bad key or attribute is a 400."""
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"sequences nested deeper than {MAX_DEPTH} levels")
+    for key in sorted(obj, key=_tag_sort_key):
+        tag = _parse_tag(key, where)
+        attr = obj[key]
+        name = where + key.upper()
+        if not isinstance(attr, dict):
+            raise BadRequest(f"attribute {name}: must be a JSON object")
+        vr = attr.get("vr")
+        if not isinstance(vr, str) or vr not in _ALL_VRS:
+            raise BadRequest(f"attribute {name}: missing or unknown vr {vr!r}")
+        yield tag, vr, attr, name
 
 
 def _tag_sort_key(key: Any) -> str:
@@ -911,17 +918,7 @@ def json_to_xml(obj: dict[str, Any]) -> bytes:
 
 
 def _xml_dataset(obj: dict[str, Any], parts: list[str], where: str, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise BadRequest(f"sequences nested deeper than {MAX_DEPTH} levels")
-    for key in sorted(obj, key=_tag_sort_key):
-        tag = _parse_tag(key, where)
-        attr = obj[key]
-        name = where + key.upper()
-        if not isinstance(attr, dict):
-            raise BadRequest(f"attribute {name}: must be a JSON object")
-        vr = attr.get("vr")
-        if not isinstance(vr, str) or vr not in _ALL_VRS:
-            raise BadRequest(f"attribute {name}: missing or unknown vr {vr!r}")
+    for tag, vr, attr, name in _attributes(obj, where, depth):
         head = f'<DicomAttribute tag="{tag:08X}" vr="{vr}"'
         if tag & 0x10000:
             creator = _private_creator(obj, tag)

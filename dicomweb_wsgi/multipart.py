@@ -12,6 +12,7 @@ import re
 import secrets
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import BinaryIO
@@ -26,6 +27,7 @@ __all__ = [
     "new_boundary",
     "read_multipart",
     "spool_error",
+    "spool_file",
     "write_multipart",
 ]
 
@@ -321,32 +323,43 @@ def _spool_body(
     """Copy the part body up to CRLF--boundary into a new spool file; return (path, size)."""
     delimiter = b"\r\n--" + boundary
     keep = len(delimiter) - 1
+    size = 0
+    with spool_file(spool_dir) as (out, path):
+        src.ensure(len(delimiter) - 2)
+        if src.buf.startswith(delimiter[2:]):
+            # RFC 2046 §5.1.1 body-part := MIME-part-headers [CRLF *OCTET]: with no body, the CRLF ending
+            # the headers is the delimiter's own CRLF, so "--boundary" right here ends an empty part.
+            src.drop(len(delimiter) - 2)
+            return path, 0
+        while True:
+            i = src.buf.find(delimiter)
+            n = i if i >= 0 else len(src.buf) - keep
+            if n > 0:
+                size += n
+                if max_part_size is not None and size > max_part_size:
+                    raise PayloadTooLarge(f"part {number} is larger than {max_part_size} bytes")
+                src.write_to(out, n)
+            if i >= 0:
+                src.drop(len(delimiter))
+                return path, size
+            if not src.fill():
+                raise _truncated()
+
+
+@contextmanager
+def spool_file(spool_dir: str) -> Iterator[tuple[BinaryIO, str]]:
+    """A new spool file in ``spool_dir``, open for writing, and its path; removed again if the block fails.
+
+    The file is the caller's once the block ends without an exception. A failed create or write (disk
+    full, I/O error) becomes a 503 (``spool_error``).
+    """
     try:
         fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
     except OSError as exc:
         raise spool_error(exc) from exc
-    size = 0
     try:
         with open(fd, "wb") as out:
-            src.ensure(len(delimiter) - 2)
-            if src.buf.startswith(delimiter[2:]):
-                # RFC 2046 §5.1.1 body-part := MIME-part-headers [CRLF *OCTET]: with no body, the CRLF ending
-                # the headers is the delimiter's own CRLF, so "--boundary" right here ends an empty part.
-                src.drop(len(delimiter) - 2)
-                return path, 0
-            while True:
-                i = src.buf.find(delimiter)
-                n = i if i >= 0 else len(src.buf) - keep
-                if n > 0:
-                    size += n
-                    if max_part_size is not None and size > max_part_size:
-                        raise PayloadTooLarge(f"part {number} is larger than {max_part_size} bytes")
-                    src.write_to(out, n)
-                if i >= 0:
-                    src.drop(len(delimiter))
-                    return path, size
-                if not src.fill():
-                    raise _truncated()
+            yield out, path
     except OSError as exc:
         os.unlink(path)
         raise spool_error(exc) from exc

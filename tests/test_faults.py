@@ -130,10 +130,15 @@ def test_faults_spool_disk_full_returns_503_and_no_spool_file(dicomweb_app, dico
     _assert_recovers(dicomweb_client, dicomweb_app)
 
 
+@pytest.mark.parametrize("single_part", [False, True])
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
-def test_faults_spool_creation_failure_returns_503(dicomweb_app, dicomweb_client, monkeypatch, code):
+def test_faults_spool_creation_failure_returns_503(dicomweb_app, dicomweb_client, monkeypatch, code, single_part):
     monkeypatch.setattr(multipart.tempfile, "mkstemp", _os_error(code))
-    resp = store(dicomweb_client, [make_dataset()], status=503)
+    if single_part:
+        resp = dicomweb_client.post("/studies", dataset_bytes(make_dataset()),
+                                    headers={"Content-Type": "application/dicom"}, status=503)
+    else:
+        resp = store(dicomweb_client, [make_dataset()], status=503)
     assert os.strerror(code).lower() in resp.text.lower()
     _assert_untouched(dicomweb_app)
     monkeypatch.undo()

@@ -15,8 +15,6 @@ data parts, turned into PS3.10 files by ``stow_bulk`` and then stored like any o
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Iterator
 
 from .. import dicomjson
@@ -24,7 +22,7 @@ from ..archive import StoreResult
 from ..errors import BadRequest, DicomStatus, NotAcceptable, UnsupportedMediaType
 from ..http import Request, Response
 from ..mediatypes import MediaType, Offer, negotiate, parse_media_type
-from ..multipart import Part, read_multipart, spool_error
+from ..multipart import Part, read_multipart, spool_file
 from . import stow_bulk
 
 RESPONSE_OFFERS = (
@@ -104,28 +102,17 @@ def _read_parts(req: Request, content_type: MediaType, spool_dir: str) -> Iterat
 
 def _spool_body(stream, length: int | None, spool_dir: str) -> str:
     """Write a single-part body to a spool file, in chunks."""
-    try:
-        fd, path = tempfile.mkstemp(dir=spool_dir, suffix=".part")
-    except OSError as exc:
-        raise spool_error(exc) from exc
     left = length
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while left is None or left > 0:
-                data = stream.read(1 << 20 if left is None else min(1 << 20, left))
-                if not data:
-                    break
-                out.write(data)
-                if left is not None:
-                    left -= len(data)
+    with spool_file(spool_dir) as (out, path):
+        while left is None or left > 0:
+            data = stream.read(1 << 20 if left is None else min(1 << 20, left))
+            if not data:
+                break
+            out.write(data)
+            if left is not None:
+                left -= len(data)
         if left:
             raise BadRequest("request body shorter than its Content-Length")
-    except OSError as exc:
-        os.unlink(path)
-        raise spool_error(exc) from exc
-    except BaseException:
-        os.unlink(path)
-        raise
     return path
 
 
