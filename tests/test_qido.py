@@ -280,6 +280,24 @@ def test_search_relational_instances_carry_series_and_study_attributes(archive):
     assert _value(within[0], "0020000E") == archive.uids["C1"]
 
 
+def test_search_relational_results_each_carry_their_own_study_and_series_counts(archive):
+    results = archive.get("/instances?includefield=00201206,00201208,00201209,00080061").json
+    got = {archive.labels[_value(r, "00080018")]: (_value(r, "00201206"), _value(r, "00201208"),
+                                                    _value(r, "00201209"), r["00080061"]["Value"])
+           for r in results}
+    a1, a2, c1 = (2, 3, 2, ["CT", "MR"]), (2, 3, 1, ["CT", "MR"]), (1, 3, 3, ["CT"])
+    assert got == {"A1-1": a1, "A1-2": a1, "A2-1": a2, "B1-1": (1, 1, 1, ["MR"]), "C1-1": c1, "C1-2": c1, "C1-3": c1}
+
+
+def test_search_instance_columns_come_back_as_numbers_or_kept_text():
+    from dicomweb_wsgi.transactions.qido import _column_element
+
+    assert _column_element("IS", "7") == {"vr": "IS", "Value": [7]}
+    assert _column_element("US", "512\\-3\\ 4 ") == {"vr": "US", "Value": [512, -3, 4]}
+    assert _column_element("IS", "1.0") == {"vr": "IS", "Value": ["1.0"]}  # not an integer literal: kept
+    assert _column_element("CS", "7") == {"vr": "CS", "Value": ["7"]}
+
+
 def test_search_instances_order_is_series_then_instance_number(archive):
     assert archive.found(f"/studies/{archive.uids['A']}/instances", "00080018") == ["A1-1", "A1-2", "A2-1"]
     assert archive.found(f"/studies/{archive.uids['C']}/series/{archive.uids['C1']}/instances", "00080018") == \

@@ -62,6 +62,7 @@ CHARACTER_SET = {"vr": "CS", "Value": ["ISO_IR 192"]}
 ONLINE = {"vr": "CS", "Value": ["ONLINE"]}
 _RANK = {"study": 0, "series": 1, "instance": 2}
 _AGENT_UNSAFE = re.compile(r"[^A-Za-z0-9.:\-\[\]]")
+_INTEGER = re.compile(r"[+-]?\d+")
 
 
 def search_for_studies(req: Request) -> Response:
@@ -147,26 +148,34 @@ class ResultBuilder:
             text = text.replace(BASE_PLACEHOLDER, self.base_in_json)
         return loads(text)
 
-    def _cached(self, level: str, uid: str, text: str) -> dict[str, Any]:
-        doc = self._documents.get((level, uid))
-        if doc is None:
-            doc = self._documents[(level, uid)] = self._load(text)
-        return doc
-
     def documents(self, row: SearchRow) -> dict[str, dict[str, Any]]:
-        """Every attribute the row holds, per level, derived ones (counts, ModalitiesInStudy) included."""
-        study = dict(self._cached("study", row.study_uid, row.study_json))
-        study["00080061"] = {"vr": "CS", "Value": row.modalities.split("\\")} if row.modalities else {"vr": "CS"}
-        study["00201206"] = {"vr": "IS", "Value": [row.num_series]}
-        study["00201208"] = {"vr": "IS", "Value": [row.num_study_instances]}
-        docs = {"study": study}
+        """Every attribute the row holds, per level, derived ones (counts, ModalitiesInStudy) included.
+
+        A study's and a series' documents are built once per search: every row of one study (or
+        series) comes from the same read, so it carries the same stored JSON and counts."""
+        docs = {"study": self._study_document(row)}
         if row.series_uid is not None and row.series_json is not None:
-            series = dict(self._cached("series", row.series_uid, row.series_json))
-            series["00201209"] = {"vr": "IS", "Value": [row.num_series_instances]}
-            docs["series"] = series
+            docs["series"] = self._series_document(row)
         if row.sop_uid is not None:
             docs["instance"] = self._instance_document(row)
         return docs
+
+    def _study_document(self, row: SearchRow) -> dict[str, Any]:
+        study = self._documents.get(("study", row.study_uid))
+        if study is None:
+            study = self._documents[("study", row.study_uid)] = self._load(row.study_json)
+            study["00080061"] = {"vr": "CS", "Value": row.modalities.split("\\")} if row.modalities else {"vr": "CS"}
+            study["00201206"] = {"vr": "IS", "Value": [row.num_series]}
+            study["00201208"] = {"vr": "IS", "Value": [row.num_study_instances]}
+        return study
+
+    def _series_document(self, row: SearchRow) -> dict[str, Any]:
+        assert row.series_uid is not None and row.series_json is not None
+        series = self._documents.get(("series", row.series_uid))
+        if series is None:
+            series = self._documents[("series", row.series_uid)] = self._load(row.series_json)
+            series["00201209"] = {"vr": "IS", "Value": [row.num_series_instances]}
+        return series
 
     def _instance_document(self, row: SearchRow) -> dict[str, Any]:
         if row.metadata_json is not None:
@@ -254,9 +263,13 @@ def _tag_kind(tag: str) -> tuple[bool, str | None]:
     return private, None
 
 
+@functools.lru_cache(maxsize=8192)
 def _column_element(vr: str, text: str) -> dict[str, Any]:
-    """An indexed instance column back as a DICOM JSON element (IS and US as numbers)."""
+    """An indexed instance column back as a DICOM JSON element (IS and US as numbers).
+
+    Cached, because the same few values (Rows, Columns, InstanceNumber ...) come back in every
+    instance search; the element is shared, so results must never be changed once built."""
     values: list[Any] = text.split("\\")
     if vr in ("US", "IS"):
-        values = [int(v) if re.fullmatch(r"[+-]?\d+", v.strip()) else v for v in values]
+        values = [int(v) if _INTEGER.fullmatch(v.strip()) else v for v in values]
     return {"vr": vr, "Value": values}
