@@ -28,6 +28,7 @@ Double Float Pixel Data are served through their BulkDataURIs.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass
@@ -149,10 +150,16 @@ def frame_syntaxes(stored: str) -> frozenset[str]:
     return transcode.producible_syntaxes(stored) - _NOT_FRAME_SYNTAXES
 
 
-def frame_offers(stored: Iterable[str], single_ok: bool) -> list[Offer]:
+def frame_offers(stored: Iterable[str], single_ok: bool) -> tuple[Offer, ...]:
     """What frames stored in these syntaxes can be sent as, in server preference order."""
+    return _frame_offers(frozenset(stored), single_ok)
+
+
+@functools.lru_cache(maxsize=256)
+def _frame_offers(stored: frozenset[str], single_ok: bool) -> tuple[Offer, ...]:
+    # Cached: a handful of stored syntaxes occur, and every frame request asks again.
     common: frozenset[str] | None = None
-    for syntax in set(stored):
+    for syntax in stored:
         common = frame_syntaxes(syntax) if common is None else common & frame_syntaxes(syntax)
     common = common or frozenset()
     uncompressed = Offer(OCTET_STREAM, True, common & {transcode.EXPLICIT_VR_LE})
@@ -162,8 +169,8 @@ def frame_offers(stored: Iterable[str], single_ok: bool) -> list[Offer]:
     # then "*/*" gets them as stored.
     multipart = [uncompressed, *images] if uncompressed.transfer_syntaxes else [*images, uncompressed]
     if not single_ok:
-        return multipart
-    return multipart + [Offer(o.media_type, False, o.transfer_syntaxes) for o in multipart]
+        return tuple(multipart)
+    return (*multipart, *(Offer(o.media_type, False, o.transfer_syntaxes) for o in multipart))
 
 
 def negotiate_frames(req: Request, stored: Iterable[str], single_ok: bool) -> Selection:
