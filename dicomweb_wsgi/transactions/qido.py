@@ -137,7 +137,9 @@ class ResultBuilder:
         # The stored JSON names the public base URL by a placeholder inside JSON strings.
         self.base_in_json = json.dumps(base_url)[1:-1]
         self.rank = _RANK[query.level]
-        self.extra = sorted((query.include | query.return_tags) - RESULT_ONLY)  # those are always there
+        # Each extra attribute with the level whose document holds it (RESULT_ONLY ones are always there).
+        self.extra = [(tag, attribute_level(tag, query.level))
+                      for tag in sorted((query.include | query.return_tags) - RESULT_ONLY)]
         self._documents: dict[tuple[str, str], dict[str, Any]] = {}
 
     def build(self, rows: list[SearchRow]) -> list[dict[str, Any]]:
@@ -205,8 +207,8 @@ class ResultBuilder:
             out["0020000E"] = {"vr": "UI", "Value": [row.series_uid]}
         if q.include_all:
             out.update(docs[q.level])
-        for tag in self.extra:
-            _copy(docs[attribute_level(tag, q.level)], tag, out)
+        for tag, level in self.extra:
+            _copy(docs[level], tag, out)
         out["00080005"] = CHARACTER_SET
         return dict(sorted(out.items()))
 
