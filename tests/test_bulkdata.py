@@ -20,6 +20,7 @@ from .test_metadata import instance_url, le_bytes, live_uri, local, store_file, 
 URI_FILES = ["CT_small.dcm", "waveform_ecg.dcm", "examples_overlay.dcm", "MR_small_bigendian.dcm",
              "rtdose_expb.dcm", "image_dfl.dcm", "MR_small_implicit.dcm"]
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+ENCAPSULATED_CDA = "1.2.840.10008.5.1.4.1.1.104.2"
 
 
 def bulk_uris(obj: Any) -> Iterator[tuple[str, str]]:
@@ -126,6 +127,23 @@ def test_bulkdata_encapsulated_document_is_offered_as_its_mime_type(dicomweb_cli
     (headers, body), = parse_multipart(resp.headers["Content-Type"], resp.body)
     assert headers["Content-Type"] == "application/pdf" and body == document
     dicomweb_client.get(local(uri), headers={"Accept": "image/jpeg"}, status=406)
+
+
+def test_bulkdata_document_as_its_mime_type_is_cut_to_its_real_length(dicomweb_client):
+    # PS3.3 C.24.2.1: the value is padded to even length; Encapsulated Document Length is the real one.
+    document = b'<?xml version="1.0"?><ClinicalDocument xmlns="urn:hl7-org:v3">' + b"a" * 2000 + b"</ClinicalDocument>"
+    assert len(document) % 2 == 1
+    ds = make_dataset(sop_class_uid=ENCAPSULATED_CDA, modality="DOC", MIMETypeOfEncapsulatedDocument="text/xml",
+                      EncapsulatedDocument=document, EncapsulatedDocumentLength=len(document))
+    store(dicomweb_client, [ds])
+    uri = dicomweb_client.get(instance_url(ds) + "/metadata", status=200).json[0]["00420011"]["BulkDataURI"]
+    resp = dicomweb_client.get(local(uri), headers={"Accept": "text/xml"}, status=200)
+    assert resp.headers["Content-Type"] == "text/xml" and resp.body == document
+    resp = dicomweb_client.get(local(uri), headers={"Accept": 'multipart/related; type="text/xml"'}, status=200)
+    assert parse_multipart(resp.headers["Content-Type"], resp.body)[0][1] == document
+    # As bulk data (octet-stream) it is the stored value, padding included.
+    resp = dicomweb_client.get(local(uri), headers={"Accept": "application/octet-stream"}, status=200)
+    assert resp.body == document + b"\0"
 
 
 def test_bulkdata_resources_send_all_values_with_their_metadata_uris(dicomweb_client):

@@ -44,6 +44,7 @@ _SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 _UNCOMPRESSED = frozenset({transcode.EXPLICIT_VR_LE})
 _ENCAPSULATED_DOCUMENT = "00420011"
 _DOCUMENT_MIME_TYPE = "00420012"
+_DOCUMENT_LENGTH = "00420015"
 
 
 @dataclass(frozen=True)
@@ -68,19 +69,23 @@ def retrieve_bulkdata(req: Request, study_uid: str, series_uid: str, sop_uid: st
         if source is not None:
             return serve_frames(req, [(source, list(range(1, source.frames + 1)))])
     offers = [Offer(OCTET_STREAM, True, _UNCOMPRESSED), Offer(OCTET_STREAM, False, _UNCOMPRESSED)]
-    if path.endswith(_ENCAPSULATED_DOCUMENT):
-        mime = _document_mime_type(req, inst, path)
-        if mime:
-            offers += [Offer(mime, True), Offer(mime, False)]
+    mime, document_length = _document_description(req, inst, path) if path.endswith(_ENCAPSULATED_DOCUMENT) \
+        else (None, None)
+    if mime:
+        offers += [Offer(mime, True), Offer(mime, False)]
     selection = negotiate(req.accept, offers)
     if selection is None:
         raise NotAcceptable("bulk data is available as multipart/related; type=\"application/octet-stream\" "
                             "or application/octet-stream" + (f" (or {offers[-1].media_type})" if len(offers) > 2
                                                              else ""))
     value = locate(req, inst, ref)
+    media_type = selection.offer.media_type
+    if media_type == mime and document_length is not None and document_length < value.length:
+        # PS3.3 C.24.2.1: the value is padded to even length; as its own MIME type the document
+        # is sent at its real length (a trailing NUL breaks XML parsers).
+        value = BulkValue(document_length, value.read)
     byte_range = parse_range(req.header("Range"), value.length)
     start, stop = byte_range or (0, value.length)
-    media_type = selection.offer.media_type
     content_range = {"Content-Range": f"bytes {start}-{stop - 1}/{value.length}"} if byte_range else {}
     status = 206 if byte_range else 200
     if not selection.offer.multipart:
@@ -248,19 +253,29 @@ def _top_level_value(req: Request, inst: StoredInstance, tag: str) -> Any:
     return values[0]
 
 
-def _document_mime_type(req: Request, inst: StoredInstance, path: str) -> str | None:
-    """The MIME Type of Encapsulated Document beside the document (same data set or item)."""
+def _document_description(req: Request, inst: StoredInstance, path: str) -> tuple[str | None, int | None]:
+    """The MIME Type of Encapsulated Document and the Encapsulated Document Length beside the
+    document (same data set or item); None for what is missing or unusable."""
     node: Any = _metadata(req, inst)
     parts = path.split("/")
     try:
         for tag, index in zip(parts[0::2], parts[1::2]):
             node = node[tag]["Value"][int(index)]
-        value = node[_DOCUMENT_MIME_TYPE]["Value"][0]
     except (KeyError, IndexError, TypeError, ValueError):
+        return None, None
+    mime = _first_value(node, _DOCUMENT_MIME_TYPE)
+    length = _first_value(node, _DOCUMENT_LENGTH)
+    if not (isinstance(mime, str) and mime.count("/") == 1 and " " not in mime.strip()):
+        mime = None
+    return (mime.strip().lower() if mime else None,
+            length if isinstance(length, int) and not isinstance(length, bool) and length >= 0 else None)
+
+
+def _first_value(node: Any, tag: str) -> Any:
+    try:
+        return node[tag]["Value"][0]
+    except (KeyError, IndexError, TypeError):
         return None
-    if isinstance(value, str) and value.count("/") == 1 and " " not in value.strip():
-        return value.strip().lower()
-    return None
 
 
 def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
