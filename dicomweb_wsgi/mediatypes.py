@@ -27,6 +27,7 @@ __all__ = [
     "negotiate",
     "parse_accept",
     "parse_media_type",
+    "refuse_dicom_with_rendered",
 ]
 
 # RFC 9110 §5.6.2 tchar.
@@ -243,8 +244,9 @@ def parse_accept(values: Iterable[str]) -> list[MediaType]:
     """Parse ``Accept`` header / ``accept`` query values into media ranges, best first.
 
     Each value is a comma list. Members that cannot be parsed are skipped, not rejected, because one odd member
-    should not fail a request that also names something we can serve; ``q=0`` members ("not acceptable") are
-    dropped. The result is sorted by ``q`` descending, keeping the given order among equal weights.
+    should not fail a request that also names something we can serve. ``q=0`` members ("not acceptable") are
+    kept, last: ``negotiate`` uses them to exclude what a wildcard would otherwise allow. The result is sorted
+    by ``q`` descending, keeping the given order among equal weights.
     """
     ranges: list[MediaType] = []
     for value in values:
@@ -252,7 +254,7 @@ def parse_accept(values: Iterable[str]) -> list[MediaType]:
             if not item.strip(" \t"):
                 continue
             media_range = _parse_range(item)
-            if media_range is not None and media_range.q > 0:
+            if media_range is not None:
                 ranges.append(media_range)
     ranges.sort(key=lambda r: -r.q)
     return ranges
@@ -310,31 +312,84 @@ def _range_matches_offer(media_range: MediaType, offer: Offer) -> bool:
     return _type_matches(media_range.type, offer.media_type)
 
 
+def _specificity(media_range: MediaType) -> int:
+    """How specific a range is (RFC 9110 §12.5.1: ``*/*`` < ``type/*`` < ``type/subtype`` < with parameters)."""
+    if media_range.type == "*/*":
+        return 0
+    if media_range.type.endswith("/*"):
+        return 1
+    return 2 + len(media_range.params)
+
+
+def _transfer_syntax(media_range: MediaType) -> str | None:
+    requested = media_range.get("transfer-syntax")
+    return requested.strip() if requested is not None else None
+
+
+def _refused(refusals: Sequence[MediaType], chosen: MediaType, offer: Offer, syntax: str | None) -> bool:
+    """A ``q=0`` range at least as specific as ``chosen`` matches the offer (and the syntax, if it names one)."""
+    for refusal in refusals:
+        if _specificity(refusal) < _specificity(chosen) or not _range_matches_offer(refusal, offer):
+            continue
+        refused_syntax = _transfer_syntax(refusal)
+        if refused_syntax is None or refused_syntax == syntax:
+            return True
+    return False
+
+
 def negotiate(accept: Sequence[MediaType], offers: Sequence[Offer]) -> Selection | None:
     """Choose the offer for a request's ``Accept`` ranges, or ``None`` when nothing fits (the caller sends 406).
 
     Ranges are tried by ``q`` (ties in the given order) and, for each, offers in server preference order; the
-    first offer whose media type matches and that can produce a requested ``transfer-syntax`` wins. An empty
+    first offer whose media type matches and that can produce a requested ``transfer-syntax`` wins, unless a
+    ``q=0`` range at least as specific refuses it (``image/*, image/jpeg;q=0`` never selects JPEG). An empty
     ``accept`` selects the first offer. ``multipart/*`` is treated like ``multipart/related``.
     """
     if not offers:
         return None
     if not accept:
         return Selection(offers[0], None, MediaType("*/*"))
+    refusals = [r for r in accept if r.q <= 0]
     for media_range in sorted(accept, key=lambda r: -r.q):
         if media_range.q <= 0:
             continue
-        requested = media_range.get("transfer-syntax")
-        if requested is not None:
-            requested = requested.strip()
+        requested = _transfer_syntax(media_range)
         for offer in offers:
             if not _range_matches_offer(media_range, offer):
                 continue
             if offer.transfer_syntaxes is None or requested is None:
-                return Selection(offer, None, media_range)
-            if requested == "*" or requested in offer.transfer_syntaxes:
-                return Selection(offer, requested, media_range)
+                selection = Selection(offer, None, media_range)
+            elif requested == "*" or requested in offer.transfer_syntaxes:
+                selection = Selection(offer, requested, media_range)
+            else:
+                continue
+            if not refusals or not _refused(refusals, media_range, offer, selection.transfer_syntax):
+                return selection
     return None
+
+
+# PS3.18 §8.7.3: the DICOM media types (bulk data types like image/jpeg count as rendered where this is asked).
+_DICOM_TYPES = frozenset({"application/dicom", "application/dicom+json", "application/dicom+xml",
+                          "application/octet-stream"})
+
+
+def refuse_dicom_with_rendered(accept: Sequence[MediaType]) -> None:
+    """400 when the acceptable media types of a rendered resource name both DICOM and rendered types.
+
+    PS3.18 §8.7.5 (and §8.3.3.1 for the ``accept`` parameter) makes this a Bad Request. Wildcards name
+    neither; a multipart range counts as the type it wraps."""
+    kinds = set()
+    for media_range in accept:
+        media_type = media_range.type
+        if media_range.q <= 0:
+            continue
+        if media_type == "multipart/related":
+            media_type = (media_range.get("type") or "*/*").lower()
+        if "*" not in media_type:
+            kinds.add(media_type in _DICOM_TYPES)
+    if len(kinds) == 2:
+        raise BadRequest("the acceptable media types mix DICOM and rendered types; ask for one kind "
+                         "(PS3.18 §8.7.5)")
 
 
 # A '+' in a query string means a space (HTML form encoding), but people type "?accept=application/dicom+json"

@@ -14,6 +14,7 @@ from dicomweb_wsgi.mediatypes import (
     negotiate,
     parse_accept,
     parse_media_type,
+    refuse_dicom_with_rendered,
 )
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -225,8 +226,9 @@ def test_parse_accept_equal_q_keeps_given_order():
     assert [r.type for r in ranges] == ["c/c", "a/a", "b/b"]
 
 
-def test_parse_accept_q_zero_dropped():
-    assert [r.type for r in parse_accept(["a/a;q=0, b/b;q=0.000, c/c;q=0.001"])] == ["c/c"]
+def test_parse_accept_q_zero_kept_last_for_negotiate_to_refuse():
+    ranges = parse_accept(["a/a;q=0, b/b;q=0.000, c/c;q=0.001"])
+    assert [(r.type, r.q) for r in ranges] == [("c/c", 0.001), ("a/a", 0.0), ("b/b", 0.0)]
 
 
 @pytest.mark.parametrize("q, expected", [("1", 1.0), ("1.0", 1.0), ("0.5", 0.5), (".2", 0.2), ('"0.3"', 0.3)])
@@ -450,6 +452,54 @@ def test_negotiate_unsorted_input_sorted_by_q_ties_in_given_order():
 
 def test_negotiate_hand_built_q_zero_range_ignored():
     assert negotiate([MediaType("image/png", {}, 0.0)], RENDERED_OFFERS) is None
+
+
+def test_negotiate_q_zero_type_refuses_what_a_wildcard_allows():
+    # RFC 9110 §12.5.1: the more specific range decides; q=0 means "not acceptable".
+    sel = _negotiate("image/jpeg;q=0, image/*", RENDERED_OFFERS)
+    assert sel is not None and sel.offer.media_type == "image/png"
+    assert _negotiate("*/*, image/jpeg;q=0", RENDERED_OFFERS).offer.media_type == "image/png"
+    assert _negotiate("*/*, image/*;q=0", RENDERED_OFFERS) is None
+
+
+def test_negotiate_q_zero_every_offer_refused_is_none():
+    offers = [Offer("application/dicom+json", False), Offer("application/json", False)]
+    assert _negotiate("application/dicom+json;q=0, application/json;q=0, */*", offers) is None
+    assert _negotiate("application/dicom+json;q=0", offers) is None
+
+
+def test_negotiate_q_zero_less_specific_than_the_chosen_range_does_not_refuse():
+    sel = _negotiate("image/png, image/*;q=0", RENDERED_OFFERS)
+    assert sel is not None and sel.offer.media_type == "image/png"
+
+
+def test_negotiate_q_zero_with_transfer_syntax_refuses_only_that_syntax():
+    offers = [Offer("application/dicom", True, frozenset({EXPLICIT_LE, JPEG_BASELINE}))]
+    refusal = f'multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}; q=0'
+    assert _negotiate(f'{refusal}, multipart/related; type="application/dicom"; transfer-syntax={JPEG_BASELINE}',
+                      offers) is None
+    sel = _negotiate(f'{refusal}, multipart/related; type="application/dicom"; transfer-syntax={EXPLICIT_LE}',
+                     offers)
+    assert sel is not None and sel.transfer_syntax == EXPLICIT_LE
+
+
+@pytest.mark.parametrize("header", [
+    "application/dicom, image/jpeg",
+    'multipart/related; type="application/dicom", image/png;q=0.5',
+    'application/dicom+json, multipart/related; type="image/jpeg"',
+    "application/octet-stream, text/html",
+])
+def test_refuse_dicom_with_rendered_is_400(header):
+    with pytest.raises(BadRequest, match="8.7.5"):
+        refuse_dicom_with_rendered(parse_accept([header]))
+
+
+@pytest.mark.parametrize("header", [
+    "", "image/jpeg, image/png", "application/dicom", "*/*, image/jpeg", "application/*, image/jpeg",
+    "multipart/related, image/jpeg", "application/dicom;q=0, image/jpeg",
+])
+def test_refuse_dicom_with_rendered_allows_one_kind_and_wildcards(header):
+    refuse_dicom_with_rendered(parse_accept([header]) if header else [])
 
 
 def test_negotiate_case_insensitive_types():

@@ -224,6 +224,21 @@ def test_frames_that_cannot_be_produced_return_406_never_500(dicomweb_client):
                "transfer-syntax=1.2.840.10008.1.2", status=406)
 
 
+def test_frames_fall_back_to_the_next_acceptable_type_when_the_first_cannot_be_encoded(dicomweb_client):
+    # PS3.18 §8.7.5: a 406 only when nothing acceptable can be produced; JPEG Baseline refuses 16-bit
+    # pixels only when it is tried.
+    ds = make_dataset(bits=16)
+    store(dicomweb_client, [ds])
+    accept = ('multipart/related; type="image/jpeg", '
+              'multipart/related; type="application/octet-stream"; q=0.5')
+    resp, parts = get_frames(dicomweb_client, ds, "1", accept, status=200)
+    (headers, body), = parts
+    assert headers["Content-Type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
+    assert body == ds.pixel_array.astype("<u2").tobytes()
+    resp, _ = get_frames(dicomweb_client, ds, "1", 'multipart/related; type="image/jpeg"', status=406)
+    assert "JPEG Baseline" in resp.text  # with nothing to fall back on, the encoder's reason
+
+
 def test_pixeldata_resources_send_every_frame_of_every_image(dicomweb_client):
     study, series = new_uid(), new_uid()
     multi = make_dataset(study_uid=study, series_uid=series, frames=2, rows=4, columns=4, InstanceNumber=1)

@@ -197,6 +197,21 @@ def test_rendered_unacceptable_media_type_is_406(dicomweb_client):
     assert "image/jpeg" in resp.text
 
 
+@pytest.mark.parametrize("resource", ["/rendered", "/thumbnail"])
+def test_rendered_dicom_and_rendered_media_types_together_are_400(dicomweb_client, resource):
+    # PS3.18 §8.7.5: Acceptable Media Types are DICOM or rendered, never both.
+    ref = _stored(dicomweb_client, make_dataset())
+    resp = dicomweb_client.get(_url(ref) + resource, headers={"Accept": "application/dicom, image/jpeg"},
+                               status=400)
+    assert "8.7.5" in resp.text
+
+
+def test_rendered_q_zero_refuses_a_type_a_wildcard_allows(dicomweb_client):
+    ref = _stored(dicomweb_client, make_dataset())
+    resp = dicomweb_client.get(_url(ref) + "/rendered", headers={"Accept": "image/jpeg;q=0, image/*"}, status=200)
+    assert resp.headers["Content-Type"] not in ("image/jpeg", "") and resp.headers["Content-Type"].startswith("image/")
+
+
 def test_rendered_unknown_instance_is_404(dicomweb_client):
     ref = _stored(dicomweb_client, make_dataset())
     dicomweb_client.get(f"/studies/{ref.StudyInstanceUID}/series/{ref.SeriesInstanceUID}/instances/"

@@ -193,6 +193,24 @@ def test_retrieve_native_instance_transcoded_to_lossless_syntax_round_trips(dico
     assert np.array_equal(got.pixel_array, pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)
 
 
+@pytest.mark.parametrize("kind", ["multipart", "single part"])
+def test_retrieve_falls_back_when_the_preferred_syntax_cannot_be_encoded(dicomweb_client, kind):
+    # JPEG Baseline refuses 16-bit pixels only when it is tried; the Accept list's next choice is then
+    # sent (PS3.18 §8.7.5 allows a 406 only when nothing acceptable can be produced).
+    ds = make_dataset(bits=16)
+    store(dicomweb_client, [ds])
+    media = 'multipart/related; type="application/dicom"' if kind == "multipart" else "application/dicom"
+    accept = f"{media}; transfer-syntax=1.2.840.10008.1.2.4.50, {media}; q=0.5"
+    resp = dicomweb_client.get(_instance_url(ds), headers={"Accept": accept}, status=200)
+    body = parse_multipart(resp.headers["Content-Type"], resp.body)[0][1] if kind == "multipart" else resp.body
+    got = pydicom.dcmread(io.BytesIO(body))
+    assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE
+    assert np.array_equal(got.pixel_array, ds.pixel_array)
+    resp = dicomweb_client.get(_instance_url(ds), headers={
+        "Accept": f"{media}; transfer-syntax=1.2.840.10008.1.2.4.50"}, status=406)
+    assert "JPEG Baseline" in resp.text  # with nothing to fall back on, the encoder's reason
+
+
 # -- series and studies as stored: one body with a Content-Length (issue 10, proposal 7) ----------------
 
 AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'

@@ -160,11 +160,23 @@ def test_wado_uri_jp2_is_jpeg_2000(dicomweb_client, ct):
 
 @pytest.mark.parametrize("accept,expected", [
     ("image/png", "image/png"), ("*/*", "image/jpeg"), ("application/dicom", "application/dicom"),
-    ("image/gif;q=0.5, application/dicom;q=0.9", "application/dicom"),
+    ("image/gif;q=0.5, image/png;q=0.9", "image/png"), ("image/*, image/jpeg;q=0", "image/png"),
+    ("*/*, application/dicom;q=0.5", "image/jpeg"),
 ])
 def test_wado_uri_accept_header_negotiates_without_content_type(dicomweb_client, ct, accept, expected):
     resp = dicomweb_client.get(wado_url(ct), headers={"Accept": accept}, status=200)
     assert resp.headers["Content-Type"].split(";")[0] == expected
+
+
+@pytest.mark.parametrize("where", ["contentType", "Accept"])
+def test_wado_uri_dicom_and_rendered_media_types_together_are_400(dicomweb_client, ct, where):
+    # PS3.18 §8.7.5: Acceptable Media Types are DICOM or rendered, never both.
+    mixed = "application/dicom,image/jpeg"
+    if where == "contentType":
+        resp = dicomweb_client.get(wado_url(ct, contentType=mixed), status=400)
+    else:
+        resp = dicomweb_client.get(wado_url(ct), headers={"Accept": mixed}, status=400)
+    assert "8.7.5" in resp.text
 
 
 def test_wado_uri_content_type_outside_accept_header_is_406(dicomweb_client, ct):
@@ -421,6 +433,14 @@ def test_wado_uri_report_charset_encodes_text(dicomweb_client):
     resp = dicomweb_client.get(wado_url(ds, contentType="text/html"),
                                headers={"Accept-Charset": "x-unknown, utf-8;q=0.5"}, status=200)
     assert "Größe normal".encode("utf-8") in resp.body
+
+
+@pytest.mark.parametrize("charset", ["base64", "hex", "rot13", "idna", "utf\r\n8", "utf-8\"; x=\"y"])
+def test_wado_uri_report_charset_that_is_no_text_encoding_or_no_token_is_ignored(dicomweb_client, report, charset):
+    # PS3.18 §8.3.3.2: a charset the server does not support is ignored; the value never reaches a header.
+    for content_type in ("text/plain", "text/html"):
+        resp = dicomweb_client.get(wado_url(report, contentType=content_type, charset=charset), status=200)
+        assert resp.headers["Content-Type"] == f"{content_type}; charset=utf-8"
 
 
 def test_wado_uri_rendering_parameter_with_report_is_400(dicomweb_client, report):

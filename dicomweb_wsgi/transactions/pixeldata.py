@@ -173,9 +173,15 @@ def _frame_offers(stored: frozenset[str], single_ok: bool) -> tuple[Offer, ...]:
     return (*multipart, *(Offer(o.media_type, False, o.transfer_syntaxes) for o in multipart))
 
 
-def negotiate_frames(req: Request, stored: Iterable[str], single_ok: bool) -> Selection:
-    """The selected frame representation; 406 when nothing acceptable can be produced."""
+def negotiate_frames(req: Request, stored: Iterable[str], single_ok: bool,
+                     refused: frozenset[str] = frozenset()) -> Selection:
+    """The selected frame representation; 406 when nothing acceptable can be produced.
+
+    ``refused`` lists syntaxes already found impossible for these frames (see ``serve_frames``)."""
     offers = frame_offers(stored, single_ok)
+    if refused:  # an offer left with no syntax it can produce is no offer
+        offers = tuple(Offer(o.media_type, o.multipart, o.transfer_syntaxes - refused) if o.transfer_syntaxes
+                       else o for o in offers if not o.transfer_syntaxes or o.transfer_syntaxes - refused)
     selection = negotiate(req.accept, offers)
     if selection is None:
         names = sorted({o.media_type for o in offers if o.transfer_syntaxes})
@@ -222,22 +228,42 @@ def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) 
     """The response for frames of one or more instances: negotiate, then one frame a part.
 
     The first frame is produced before the status is sent, so a frame that cannot be decoded or
-    encoded as asked is a 406. Bodies up to 16 MiB are built whole; in a larger, streamed one a
-    later failure can only cut the stream short.
+    encoded as asked is a 406, unless the Accept list names something else that can be produced:
+    then that is sent (PS3.18 §8.7.5 allows a 406 only when nothing acceptable is supported; what
+    an encoder refuses, e.g. JPEG Baseline for 16-bit pixels, is known only once it is tried).
+    Bodies up to 16 MiB are built whole; in a larger, streamed one a later failure can only cut the
+    stream short.
     """
     total = sum(len(numbers) for _, numbers in wanted)
-    selection = negotiate_frames(req, [source.syntax for source, _ in wanted], single_ok=total == 1)
+    syntaxes = [source.syntax for source, _ in wanted]
+    refused: set[str] = set()
+    first_failure: NotAcceptable | None = None
+    while True:
+        try:
+            selection = negotiate_frames(req, syntaxes, total == 1, frozenset(refused))
+        except NotAcceptable:
+            if first_failure is None:
+                raise
+            raise first_failure from None
+        targets = [frame_target(selection, source.syntax) for source, _ in wanted]
+        jobs = [(source, number, target) for (source, numbers), target in zip(wanted, targets)
+                for number in numbers]
+        first_source, first_number, first_target = jobs[0]
+        stored = [stored_ranges(source, number, target) for source, number, target in jobs]
+        if all(stored):
+            # Every frame goes out byte for byte as it lies in its file: no frame is read here.
+            syntax = stored[0][1]  # type: ignore[index]
+            break
+        try:
+            data, syntax = read_frame(first_source, first_number, first_target)
+            break
+        except NotAcceptable as exc:
+            failed = first_target or transcode.EXPLICIT_VR_LE
+            if failed == "*" or failed in refused:
+                raise
+            refused.add(failed)
+            first_failure = first_failure or exc
     base = req.base_url
-    targets = [frame_target(selection, source.syntax) for source, _ in wanted]
-    jobs = [(source, number, target) for (source, numbers), target in zip(wanted, targets)
-            for number in numbers]
-    first_source, first_number, first_target = jobs[0]
-    stored = [stored_ranges(source, number, target) for source, number, target in jobs]
-    if all(stored):
-        # Every frame goes out byte for byte as it lies in its file: no frame is read here.
-        syntax = stored[0][1]  # type: ignore[index]
-    else:
-        data, syntax = read_frame(first_source, first_number, first_target)
     if not selection.offer.multipart:
         if all(stored):
             spliced = SplicedFile(stored[0][0])  # type: ignore[index]

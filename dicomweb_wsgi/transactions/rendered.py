@@ -54,7 +54,7 @@ from .. import render
 from ..errors import BadRequest, NotAcceptable, NotFound
 from ..frames import FrameLayout, read_frame
 from ..http import Request, Response
-from ..mediatypes import Offer, negotiate
+from ..mediatypes import Offer, negotiate, refuse_dicom_with_rendered
 from ..multipart import multipart_content_type, new_boundary, write_multipart
 from ..storage.base import StoredInstance
 
@@ -228,6 +228,7 @@ def _targets(classified: list[tuple[StoredInstance, str]], media_type: str,
 
 
 def _rendered(req: Request, insts: list[StoredInstance], frames: list[int] | None = None) -> Response:
+    refuse_dicom_with_rendered(req.accept)
     classified = [(inst, _kind(req, inst)) for inst in insts]
     if frames is not None:
         classified = [(inst, kind) for inst, kind in classified if kind == "image"]
@@ -490,6 +491,7 @@ def _thumbnail_size(req: Request) -> tuple[int, int]:
 
 
 def _thumbnail(req: Request, inst: StoredInstance, frame: int | None) -> Response:
+    refuse_dicom_with_rendered(req.accept)
     if negotiate(req.accept, [Offer("image/jpeg", False)]) is None:
         raise NotAcceptable("thumbnails are image/jpeg")
     if _kind(req, inst) != "image":

@@ -70,8 +70,14 @@ def dicom_offers(instances: list[StoredInstance], single_ok: bool) -> list[Offer
     return offers
 
 
-def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bool) -> Selection:
-    selection = negotiate(req.accept, dicom_offers(instances, single_ok))
+def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bool,
+                    refused: frozenset[str] = frozenset()) -> Selection:
+    """The selected representation; 406 when nothing acceptable can be produced (``refused``: syntaxes
+    already found impossible for these instances)."""
+    offers = dicom_offers(instances, single_ok)
+    if refused:
+        offers = [Offer(o.media_type, o.multipart, (o.transfer_syntaxes or frozenset()) - refused) for o in offers]
+    selection = negotiate(req.accept, offers)
     if selection is None:
         raise NotAcceptable("none of the acceptable media types or transfer syntaxes can be produced; "
                             "this resource offers multipart/related; type=\"application/dicom\""
@@ -84,9 +90,31 @@ def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bo
 
 
 def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_ok: bool) -> Response:
+    """Negotiate and answer. What an encoder refuses (JPEG Baseline for 16-bit pixels) is known only
+    once the first instance is transcoded: then the next acceptable representation is tried, and
+    only when none is left is the answer a 406 (PS3.18 §8.7.5)."""
     if not instances:
         raise NotFound(f"{what} not found")
-    selection = negotiate_dicom(req, instances, single_ok)
+    refused: set[str] = set()
+    first_failure: NotAcceptable | None = None
+    while True:
+        try:
+            selection = negotiate_dicom(req, instances, single_ok, frozenset(refused))
+        except NotAcceptable:
+            if first_failure is None:
+                raise
+            raise first_failure from None
+        try:
+            return _respond(req, instances, selection)
+        except NotAcceptable as exc:
+            failed = target_syntax(instances[0].transfer_syntax, selection.transfer_syntax)
+            if selection.transfer_syntax == "*" or failed in refused:
+                raise
+            refused.add(failed)
+            first_failure = first_failure or exc
+
+
+def _respond(req: Request, instances: list[StoredInstance], selection: Selection) -> Response:
     archive = req.ctx.archive
     if not selection.offer.multipart:
         inst = instances[0]

@@ -44,6 +44,7 @@ import codecs
 import dataclasses
 import html
 import io
+import re
 import tempfile
 from functools import cached_property
 from typing import BinaryIO, Callable, Iterable
@@ -56,7 +57,7 @@ from .. import annotate, anonymize, presentation, render, transcode
 from ..dicomjson import dataset_to_json, json_to_xml
 from ..errors import BadRequest, DicomWebError, NotAcceptable, NotFound
 from ..http import Request, Response
-from ..mediatypes import MediaType, Offer, negotiate, parse_accept
+from ..mediatypes import MediaType, Offer, negotiate, parse_accept, refuse_dicom_with_rendered
 from ..model import is_valid_uid
 from ..storage.base import StoredInstance
 from .wado import NEVER_SENT, target_syntax
@@ -236,16 +237,17 @@ def _select_media_type(req: Request, target: _Target) -> str:
     values = req.query.get("contentType")
     if values:
         ranges: list[MediaType] = parse_accept(values)
-        if not ranges:
-            raise BadRequest(f"contentType: {', '.join(values)!r} names no media type")
+        if not any(r.q > 0 for r in ranges):
+            raise BadRequest(f"contentType: {', '.join(values)!r} names no acceptable media type")
         if header:
             # §8.3.3.1: query media types must be compatible with the Accept header.
-            ranges = [r for r in ranges if _allows(header, r.type)]
-            if not ranges:
+            ranges = [r for r in ranges if r.q <= 0 or _allows(header, r.type)]
+            if not any(r.q > 0 for r in ranges):
                 raise NotAcceptable("none of the contentType media types is allowed by the Accept header")
     else:
         ranges = header
-    if ranges and ranges[0].type == DICOM:
+    refuse_dicom_with_rendered(ranges)
+    if ranges and ranges[0].type == DICOM and ranges[0].q > 0:
         return DICOM  # decided without reading the object (OHIF's wadouri requests)
     if ranges:
         selection = negotiate(ranges, [Offer(offer, multipart=False) for offer in target.offers])
@@ -406,9 +408,12 @@ def _retrieve_report(req: Request, target: _Target, media_type: str) -> Response
     return Response(body=body, content_type=f"{media_type}; charset={charset}")
 
 
+_CHARSET_NAME = re.compile(r"[a-z0-9][a-z0-9._:+\-]*")
+
+
 def _charset(req: Request) -> str:
-    """The first acceptable charset Python can encode (``charset`` parameter, else
-    ``Accept-Charset``), else UTF-8 (PS3.18 §8.3.3.2)."""
+    """The first acceptable charset that is a text encoding Python has (``charset`` parameter, else
+    ``Accept-Charset``), else UTF-8: PS3.18 §8.3.3.2 has the server ignore charsets it does not support."""
     values = req.query.get("charset") or [req.header("Accept-Charset") or ""]
     weighted: list[tuple[float, int, str]] = []
     for value in values:
@@ -426,11 +431,17 @@ def _charset(req: Request) -> str:
     for _, _, name in sorted(weighted):
         if name == "*":
             return "utf-8"
+        if not _CHARSET_NAME.fullmatch(name):
+            continue  # the name goes into Content-Type: nothing but a token
         try:
-            codecs.lookup(name)
-        except LookupError:
+            codec = codecs.lookup(name)
+            # Only text encodings that can stand in for what they cannot encode (not base64, rot13, idna).
+            for errors in ("replace", "xmlcharrefreplace"):
+                "\u2603".encode(codec.name, errors=errors)
+        except (LookupError, UnicodeError):
             continue
-        return name
+        if getattr(codec, "_is_text_encoding", True):
+            return name
     return "utf-8"
 
 
