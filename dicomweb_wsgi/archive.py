@@ -187,6 +187,9 @@ class Archive:
             elif result.outcome is Outcome.REJECTED_DUPLICATE:
                 yield _failed(prepared, DicomStatus.DUPLICATE_SOP_INSTANCE,
                               "an instance with this SOP Instance UID is already stored")
+            elif result.outcome is Outcome.REJECTED_ELSEWHERE:
+                yield _failed(prepared, DicomStatus.DUPLICATE_SOP_INSTANCE,
+                              "an instance with this SOP Instance UID is already stored in another study or series")
             else:
                 yield _failed(prepared, DicomStatus.PROCESSING_FAILURE,
                               "the SeriesInstanceUID already belongs to another study")

@@ -65,6 +65,15 @@ def test_index_duplicate_policies(index, policy, outcome, kept):
         assert result.obsolete_blob_key == "a" * 32
 
 
+@pytest.mark.parametrize("policy", [DuplicatePolicy.IGNORE, DuplicatePolicy.REJECT])
+@pytest.mark.parametrize("elsewhere", [{"series": "1.2.3.2"}, {"study": "1.2.4", "series": "1.2.4.1"}])
+def test_index_duplicate_in_another_series_or_study_is_rejected_elsewhere(index, policy, elsewhere):
+    index.add_instances([record("1.1", key="a" * 32)], policy)
+    result = index.add_instances([record("1.1", key="b" * 32, **elsewhere)], policy)[0]
+    assert result.outcome is Outcome.REJECTED_ELSEWHERE
+    assert [i.blob_key for i in index.list_instances("1.2.3")] == ["a" * 32]
+
+
 def test_index_batch_is_all_or_nothing(index):
     good = record("1.1", key="a" * 32)
     clash = record("1.2", key="a" * 32)  # same blob key violates a constraint

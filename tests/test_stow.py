@@ -205,6 +205,38 @@ def test_stow_duplicate_policy(tmp_path, policy, status, code):
     app.close()
 
 
+@pytest.mark.parametrize("policy,status", [("ignore", 409), ("reject", 409), ("replace", 200)])
+def test_stow_sop_instance_uid_stored_in_another_study_is_never_acknowledged_there(tmp_path, policy, status):
+    # A duplicate is "ignored" only where it already is: acknowledged elsewhere, its RetrieveURL would
+    # name a study that does not hold it (PS3.18 Table I.1-1).
+    app = make_app({"data_dir": str(tmp_path / "d"), "duplicate_policy": policy, "fsync": "false"})
+    client = webtest.TestApp(app)
+    first = make_dataset(PatientID="FIRST")
+    store(client, [first])
+    moved = make_dataset(sop_uid=first.SOPInstanceUID, PatientID="SECOND")
+    resp = store(client, [moved], status=status)
+    if status == 409:
+        assert _seq(resp.json, "00081198")[0]["00081197"]["Value"] == [0x0111]
+        assert "another study" in resp.headers["Warning"]
+    kept = first if policy != "replace" else moved
+    for ds, present in ((kept, 200), (moved if kept is first else first, 404)):
+        client.get(f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+                   headers={"Accept": "application/dicom"}, status=present)
+    assert app.archive.index.counts()["instances"] == 1 and len(_blob_files(app)) == 1
+    app.close()
+
+
+def test_stow_response_always_carries_the_top_level_retrieve_url(dicomweb_client):
+    # PS3.18 Table I.1-1: Retrieve URL (0008,1190) is Type 2.
+    one, other = make_dataset(), make_dataset()
+    resp = store(dicomweb_client, [one, other])
+    assert resp.json["00081190"] == {"vr": "UR"}  # two studies: no one URL
+    bad = make_dataset()
+    del bad.SOPClassUID
+    resp = store(dicomweb_client, [bad], status=409)
+    assert resp.json["00081190"] == {"vr": "UR"}
+
+
 def test_stow_series_reused_in_other_study_fails_that_instance(dicomweb_client):
     first = make_dataset()
     store(dicomweb_client, [first])

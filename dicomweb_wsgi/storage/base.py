@@ -38,6 +38,9 @@ class Outcome(str, Enum):
     REPLACED = "replaced"
     IGNORED = "ignored"
     REJECTED_DUPLICATE = "rejected-duplicate"
+    # The SOP Instance UID is stored under another study or series (unless the policy replaces):
+    # ignoring it would acknowledge the instance at a URL where it is not.
+    REJECTED_ELSEWHERE = "rejected-elsewhere"
     REJECTED_SERIES_CONFLICT = "rejected-series-conflict"
 
 

@@ -304,9 +304,12 @@ class SqliteIndex(SqliteDatabase):
                  touched_series: dict[int, int], touched_studies: set[int],
                  upserted: dict[tuple[str, str], tuple[list[Any], int]]) -> AddResult:
         existing = conn.execute(
-            "SELECT i.pk, i.blob_key, i.series_pk, i.study_pk FROM instance i WHERE i.sop_uid=?",
+            "SELECT i.pk, i.blob_key, i.series_pk, i.study_pk, s.series_uid, st.study_uid FROM instance i "
+            "JOIN series s ON s.pk=i.series_pk JOIN study st ON st.pk=i.study_pk WHERE i.sop_uid=?",
             (rec.sop_uid,)).fetchone()
         if existing is not None and policy is not DuplicatePolicy.REPLACE:
+            if (existing["study_uid"], existing["series_uid"]) != (rec.study_uid, rec.series_uid):
+                return AddResult(rec.sop_uid, Outcome.REJECTED_ELSEWHERE)
             outcome = Outcome.IGNORED if policy is DuplicatePolicy.IGNORE else Outcome.REJECTED_DUPLICATE
             return AddResult(rec.sop_uid, outcome)
         series_row = conn.execute("SELECT s.pk, st.study_uid FROM series s JOIN study st ON st.pk=s.study_pk "

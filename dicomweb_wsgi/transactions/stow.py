@@ -147,8 +147,8 @@ def _response(req: Request, results: list[StoreResult], study_uid: str | None, m
     body: dict = {}
     studies = {r.study_uid for r in results if r.failure is None}
     target = study_uid or (next(iter(studies)) if len(studies) == 1 else None)
-    if target:
-        body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{target}"]}
+    # PS3.18 Table I.1-1: Retrieve URL is Type 2, present (empty) even when no one study was stored.
+    body["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{target}"]} if target else {"vr": "UR"}
     if failed:
         body["00081198"] = {"vr": "SQ", "Value": failed}
     if referenced:
