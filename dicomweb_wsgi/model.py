@@ -84,6 +84,9 @@ INDEXED: tuple[IndexedAttribute, ...] = (
     _a("NumberOfFrames", "00280008", I, "IS", "number_of_frames"),
     _a("ContentDate", "00080023", I, "DA", "content_date"),
     _a("ContentTime", "00080033", I, "TM", "content_time"),
+    # Every level holds a value of its own (EVERY_LEVEL_TAGS); the instance's is a column so that
+    # instance results can carry it without reading the stored metadata (migration 5).
+    _a("TimezoneOffsetFromUTC", "00080201", I, "SH", "timezone_offset"),
 )
 INDEXED_BY_TAG: dict[str, IndexedAttribute] = {a.tag: a for a in INDEXED}
 

@@ -66,6 +66,10 @@ def check_every_level(archive: Archive) -> None:
     assert _by(archive.get("/series?TimezoneOffsetFromUTC=%2B01*"), "0020000E") == {a: "+0100"}
     assert _by(archive.get(f"/studies/{s}/instances?TimezoneOffsetFromUTC=%2B0100"), "00080018") == \
         dict.fromkeys(archive.a_sops, "+0100")
+    # Instance results carry their own value without being asked (Table 10.6.3-5, return if known).
+    assert _by(archive.get(f"/studies/{s}/series/{a}/instances"), "00080018") == dict.fromkeys(archive.a_sops,
+                                                                                             "+0100")
+    assert _by(archive.get(f"/studies/{n}/instances"), "00080018") == {archive.datasets[-1].SOPInstanceUID: None}
     # includefield on a study without it: the attribute comes back empty.
     assert _by(archive.get(f"/studies?StudyInstanceUID={n}&includefield=TimezoneOffsetFromUTC"),
                "0020000D") == {n: ""}
@@ -93,7 +97,8 @@ def test_the_latest_stored_instance_sets_study_and_series_values(archive):
 
 
 def test_index_built_by_schema_2_is_migrated(archive, tmp_path):
-    """Migration 3 fills study and series rows; migration 4 indexes the names already stored."""
+    """Migration 3 fills study and series rows; migration 4 indexes the names already stored; migration 5
+    gives each instance row its own value."""
     archive.store()
     index = archive.data_dir / "index.sqlite3"
     old = tmp_path / "schema2.sqlite3"
@@ -101,7 +106,8 @@ def test_index_built_by_schema_2_is_migrated(archive, tmp_path):
     with sqlite3.connect(old) as conn:  # the same rows as schema version 2 stored them
         conn.execute("ATTACH DATABASE ? AS new", (str(index),))
         for table in ("study", "series", "instance"):
-            conn.execute(f"INSERT INTO main.{table} SELECT * FROM new.{table}")
+            columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA main.table_info({table})"))
+            conn.execute(f"INSERT INTO main.{table} ({columns}) SELECT {columns} FROM new.{table}")
             if table != "instance":
                 conn.execute(f"UPDATE main.{table} SET attrs_json=json_remove(attrs_json, '$.\"{TZ}\"')")
         assert conn.execute("PRAGMA main.user_version").fetchone()[0] == 2
@@ -109,9 +115,9 @@ def test_index_built_by_schema_2_is_migrated(archive, tmp_path):
     for suffix in ("", "-wal", "-shm"):
         Path(f"{index}{suffix}").unlink(missing_ok=True)
     old.rename(index)
-    check_every_level(archive)  # the app opens the index, which runs migrations 3 and 4
+    check_every_level(archive)  # the app opens the index, which runs migrations 3, 4 and 5
     names = archive.get("/studies?PatientName=*OLDSMI*&fuzzymatching=false")
     assert [r["0020000D"]["Value"][0] for r in names] == [archive.s]
     with sqlite3.connect(index) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
     conn.close()

@@ -79,7 +79,7 @@ def test_parse_timezone_offset_is_matched_and_returned_at_the_query_level(level)
     query = _parse("TimezoneOffsetFromUTC=%2B0100&includefield=00080201", level)
     assert [(c.tag, c.level) for c in query.conditions] == [("00080201", level)]
     assert query.return_tags == {"00080201"} and query.include == {"00080201"}
-    assert query.with_metadata == (level == "instance")  # an instance's own value is in its stored JSON
+    assert not query.with_metadata  # an instance's own value has its column
 
 
 # -- values ----------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ from .sqlite_db import Migration, SqliteDatabase
 STUDY_COLUMNS = [a.column for a in INDEXED if a.level is Level.STUDY and a.column != "study_uid"]
 SERIES_COLUMNS = [a.column for a in INDEXED if a.level is Level.SERIES and a.column != "series_uid"]
 INSTANCE_COLUMNS = [a.column for a in INDEXED if a.level is Level.INSTANCE and a.column != "sop_uid"]
+# Columns a later migration adds (so migration 1, built from INDEXED, must leave them out).
+_ADDED_LATER = frozenset({"timezone_offset"})  # by migration 5
 # PN columns get a case- and accent-folded twin for case-insensitive and fuzzy matching.
 FOLDED_COLUMNS = {a.column for a in INDEXED if a.vr == "PN"}
 
@@ -69,7 +71,7 @@ CREATE TABLE instance (
   study_pk INTEGER NOT NULL REFERENCES study(pk),
   series_pk INTEGER NOT NULL REFERENCES series(pk),
   sop_uid TEXT NOT NULL UNIQUE,
-  {_column_defs(INSTANCE_COLUMNS)},
+  {_column_defs([c for c in INSTANCE_COLUMNS if c not in _ADDED_LATER])},
   transfer_syntax TEXT NOT NULL,
   blob_key TEXT NOT NULL UNIQUE,
   size INTEGER NOT NULL,
@@ -132,7 +134,15 @@ _MIGRATION_4 = [
     "WHERE NEW.patient_name_fold > ''; END",
 ]
 
-MIGRATIONS: list[Migration] = [_migration_1(), _MIGRATION_2, _MIGRATION_3, _MIGRATION_4]
+# Migration 5: the instance's own TimezoneOffsetFromUTC as a column, so that instance search results
+# carry it (PS3.18 Table 10.6.3-5) without parsing each instance's metadata.
+_MIGRATION_5 = [
+    "ALTER TABLE instance ADD COLUMN timezone_offset TEXT",
+    "UPDATE instance SET timezone_offset=json_extract(metadata_json, '$.\"00080201\".Value[0]') "
+    "WHERE json_type(metadata_json, '$.\"00080201\".Value[0]')='text'",
+]
+
+MIGRATIONS: list[Migration] = [_migration_1(), _MIGRATION_2, _MIGRATION_3, _MIGRATION_4, _MIGRATION_5]
 
 
 def _study_json(rec: InstanceRecord) -> str:

@@ -56,7 +56,7 @@ SERIES_REQUIRED = ("00080060", "0020000E", "00200011")
 INSTANCE_REQUIRED = ("00080016", "00080018", "00200013")
 # ... and returned when the entity has them (TimezoneOffsetFromUTC: the instances' value, model.EVERY_LEVEL_TAGS).
 CONDITIONAL = {"study": ("00080201",), "series": ("00080201", "0008103E", "00400244", "00400245", "00400275"),
-               "instance": ("00280008", "00280010", "00280011", "00280100")}
+               "instance": ("00080201", "00280008", "00280010", "00280011", "00280100")}
 INSTANCE_ATTRIBUTES = {a.tag: a for a in INDEXED if a.level is Level.INSTANCE}
 CHARACTER_SET = {"vr": "CS", "Value": ["ISO_IR 192"]}
 ONLINE = {"vr": "CS", "Value": ["ONLINE"]}
