@@ -364,9 +364,10 @@ def render(results: dict[str, Any]) -> str:
             "commit, index rows deleted before blobs), not fsync: a power cut is covered only by the fsync calls "
             "(exercised by the fault tests, which make each fsync fail) and SQLite `synchronous=FULL`.",
             "- With `duplicate_policy = replace`, or with DELETE enabled, a retrieve that lists an instance just "
-            "before it is replaced or deleted can find its file gone: a 500 for a single instance, a cut-short "
-            "multipart stream otherwise (seen in a probe, not in these tables, which use the default `ignore` "
-            "policy). The fix belongs in the retrieve handlers (see the issue note).", ""]
+            "before it is replaced or deleted can find its file gone: a 404 (\"removed while it was being read\") "
+            "when that happens before the status is sent, a cut-short body (fewer bytes than announced, or no "
+            "closing boundary) when it happens during a multipart stream (`tests/test_wado.py`, "
+            "`tests/test_rendered.py`; not in these tables, which use the default `ignore` policy).", ""]
     return "\n".join(out)
 
 

@@ -414,6 +414,19 @@ def _has_preamble(path: str) -> bool:
     return len(head) == 132 and head[128:] == b"DICM"
 
 
+def read_stored(path: str, **kwargs: Any) -> Dataset:
+    """``pydicom.dcmread`` of a stored blob: unreadable content is a 406 that names no path; a blob
+    that is gone (deleted or replaced since it was listed) stays ``FileNotFoundError``, which the
+    app answers with a 404."""
+    try:
+        return pydicom.dcmread(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise NotAcceptable(f"the stored instance cannot be parsed: {reason}") from exc
+
+
 def transcode_file(src_path: str, target_ts: str, out: BinaryIO) -> None:
     """Write the instance at ``src_path`` to ``out`` as a PS3.10 file in ``target_ts``.
 
@@ -422,10 +435,7 @@ def transcode_file(src_path: str, target_ts: str, out: BinaryIO) -> None:
     written only when complete. Raises :class:`NotAcceptable` when this machine cannot produce
     the target (``out`` is then untouched).
     """
-    try:
-        header = pydicom.dcmread(src_path, force=True, stop_before_pixels=True)
-    except Exception as exc:
-        raise NotAcceptable(f"stored instance cannot be parsed: {exc}") from exc
+    header = read_stored(src_path, force=True, stop_before_pixels=True)
     source = dataset_syntax(header)
     target = resolve_syntax(source, target_ts)
     if target in _NEVER_SENT:
@@ -436,10 +446,7 @@ def transcode_file(src_path: str, target_ts: str, out: BinaryIO) -> None:
         return
     if not can_transcode(source, target):
         raise NotAcceptable(f"cannot convert {UID(source).name} to {UID(target).name}")
-    try:
-        ds = pydicom.dcmread(src_path, force=True)
-    except Exception as exc:
-        raise NotAcceptable(f"stored instance cannot be parsed: {exc}") from exc
+    ds = read_stored(src_path, force=True)
 
     try:
         if source == EXPLICIT_VR_BE:

@@ -212,6 +212,27 @@ def test_rendered_q_zero_refuses_a_type_a_wildcard_allows(dicomweb_client):
     assert resp.headers["Content-Type"] not in ("image/jpeg", "") and resp.headers["Content-Type"].startswith("image/")
 
 
+def test_rendered_of_a_blob_removed_after_listing_is_404(dicomweb_app, dicomweb_client):
+    # What a DELETE (or a replacing store) racing the request leaves behind; before, a 406 that
+    # named the blob's path on disk.
+    ref = _stored(dicomweb_client, make_dataset())
+    os.unlink(dicomweb_app.archive.path(dicomweb_app.archive.instances(ref.StudyInstanceUID)[0]))
+    for url in (_url(ref) + "/rendered",
+                f"/wado?requestType=WADO&studyUID={ref.StudyInstanceUID}&seriesUID={ref.SeriesInstanceUID}"
+                f"&objectUID={ref.SOPInstanceUID}"):
+        resp = dicomweb_client.get(url, status=404)
+        assert "removed" in resp.text and dicomweb_app.archive.blobs.root not in resp.text
+
+
+def test_rendered_of_a_damaged_blob_is_406_without_its_path(dicomweb_app, dicomweb_client):
+    ref = _stored(dicomweb_client, make_dataset())
+    path = dicomweb_app.archive.path(dicomweb_app.archive.instances(ref.StudyInstanceUID)[0])
+    with open(path, "r+b") as fh:
+        fh.truncate(200)
+    resp = dicomweb_client.get(_url(ref) + "/rendered", status=406)
+    assert dicomweb_app.archive.blobs.root not in resp.text
+
+
 def test_rendered_unknown_instance_is_404(dicomweb_client):
     ref = _stored(dicomweb_client, make_dataset())
     dicomweb_client.get(f"/studies/{ref.StudyInstanceUID}/series/{ref.SeriesInstanceUID}/instances/"

@@ -45,12 +45,11 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Iterator
 
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 
-from .. import render
+from .. import render, transcode
 from ..errors import BadRequest, NotAcceptable, NotFound
 from ..frames import FrameLayout, read_frame
 from ..http import Request, Response
@@ -326,10 +325,7 @@ def _render_one(req: Request, target: _Target, params: render.RenderParams,
 
 
 def _read(path: str, **kwargs: object) -> Dataset:
-    try:
-        return pydicom.dcmread(path, force=True, **kwargs)
-    except Exception as exc:
-        raise NotAcceptable(f"the stored instance cannot be parsed: {exc}") from exc
+    return transcode.read_stored(path, force=True, **kwargs)
 
 
 class _Source:

@@ -162,10 +162,7 @@ class _Target:
 
     @cached_property
     def dataset(self) -> Dataset:
-        try:
-            return pydicom.dcmread(self.path, defer_size="64 KB")
-        except Exception as exc:
-            raise NotAcceptable(f"the stored instance cannot be parsed: {exc}") from exc
+        return transcode.read_stored(self.path, defer_size="64 KB")
 
     @cached_property
     def kind(self) -> str:
