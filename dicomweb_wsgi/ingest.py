@@ -78,7 +78,9 @@ def _uid_value(obj: dict, tag: str) -> str | None:
 
 
 def column_value(element: dict) -> str | None:
-    """The text the index keeps for one attribute: values joined with a backslash; PN alphabetic."""
+    """The text the index keeps for one attribute: values joined with a backslash; PN alphabetic;
+    dates as YYYYMMDD (the ACR-NEMA form YYYY.MM.DD, which PS3.5 asks readers to accept, would
+    otherwise never meet a date range)."""
     values = element.get("Value")
     if not values:
         return None
@@ -90,7 +92,8 @@ def column_value(element: dict) -> str | None:
             parts.append(str(int(value)))
         else:
             parts.append(str(value))
-    return "\\".join(parts)
+    text = "\\".join(parts)
+    return text.replace(".", "") if element.get("vr") == "DA" else text
 
 
 def _check_not_truncated(ds: pydicom.Dataset, size: int, ts: str) -> None:

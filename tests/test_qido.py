@@ -308,6 +308,31 @@ def test_search_studies_order_is_newest_first_with_empty_dates_last(archive):
     assert archive.found("/studies", "0020000D") == ["B", "A", "C"]
 
 
+def test_search_acr_nema_dates_match_like_any_other_date(dicomweb_app, dicomweb_client):
+    # PS3.5 asks readers to accept the ACR-NEMA form YYYY.MM.DD; an indexed date kept in it never met
+    # a range, nor the same date asked as YYYYMMDD. New stores index YYYYMMDD; migration 6 fixes old rows.
+    old, new = make_dataset(StudyDate="2020.01.05", ContentDate="2020.01.05"), make_dataset(StudyDate="20200105")
+    store(dicomweb_client, [old, new])
+
+    def found(query: str, level: str = "studies") -> set[str]:
+        tag = "0020000D" if level == "studies" else "00080018"
+        return {r[tag]["Value"][0] for r in dicomweb_client.get(f"/{level}?{query}", status=200).json}
+
+    both = {old.StudyInstanceUID, new.StudyInstanceUID}
+    assert found("StudyDate=20200101-20200131") == found("StudyDate=20200105") == both
+    assert found("ContentDate=20200105", "instances") == {old.SOPInstanceUID}
+    with dicomweb_app.archive.index.write() as conn:  # an index written before migration 6
+        conn.execute("UPDATE study SET study_date='2020.01.05' WHERE study_uid=?", (old.StudyInstanceUID,))
+        conn.execute("PRAGMA user_version=5")
+    assert found("StudyDate=20200101-20200131") == {new.StudyInstanceUID}
+    reopened = make_client(dicomweb_app.archive.settings.data_dir)
+    try:
+        got = reopened.get("/studies?StudyDate=20200101-20200131", status=200).json
+        assert {r["0020000D"]["Value"][0] for r in got} == both
+    finally:
+        reopened.app.close()
+
+
 def test_search_match_keys_are_returned(archive):
     (result,) = archive.get("/studies?PatientID=PID-A&StudyDescription=CT*&OtherPatientNames=").json
     assert _value(result, "00081030") == "CT CHEST"

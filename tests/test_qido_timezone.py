@@ -119,5 +119,5 @@ def test_index_built_by_schema_2_is_migrated(archive, tmp_path):
     names = archive.get("/studies?PatientName=*OLDSMI*&fuzzymatching=false")
     assert [r["0020000D"]["Value"][0] for r in names] == [archive.s]
     with sqlite3.connect(index) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     conn.close()

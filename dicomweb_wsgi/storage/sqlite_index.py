@@ -142,7 +142,16 @@ _MIGRATION_5 = [
     "WHERE json_type(metadata_json, '$.\"00080201\".Value[0]')='text'",
 ]
 
-MIGRATIONS: list[Migration] = [_migration_1(), _MIGRATION_2, _MIGRATION_3, _MIGRATION_4, _MIGRATION_5]
+# Migration 6: date columns as YYYYMMDD; rows stored before kept the ACR-NEMA form YYYY.MM.DD as it
+# came, which no range (nor the same date asked as YYYYMMDD) could match.
+_MIGRATION_6 = [
+    f"UPDATE {table} SET {column}=replace({column}, '.', '') WHERE instr({column}, '.') > 0"
+    for table, column in (("study", "patient_birth_date"), ("study", "study_date"), ("series", "series_date"),
+                          ("series", "pps_start_date"), ("instance", "content_date"))
+]
+
+MIGRATIONS: list[Migration] = [_migration_1(), _MIGRATION_2, _MIGRATION_3, _MIGRATION_4, _MIGRATION_5,
+                               _MIGRATION_6]
 
 
 def _study_json(rec: InstanceRecord) -> str:
