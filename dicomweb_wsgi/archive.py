@@ -46,8 +46,9 @@ class StoreResult:
     study_uid: str | None
     series_uid: str | None
     failure: DicomStatus | None = None
-    reason: str = ""
+    reason: str = ""           # the failure's or the warning's, in words
     outcome: Outcome | None = None
+    warning: DicomStatus | None = None  # stored, but changed on the way (Warning Reason)
 
 
 class Archive:

@@ -133,15 +133,25 @@ def test_stow_json_to_other_study_is_409(dicomweb_client):
     assert resp.json["00081198"]["Value"][0]["00081155"]["Value"] == [ds.SOPInstanceUID]
 
 
-def test_stow_json_non_latin_text_stored_as_utf8(dicomweb_client):
-    ds = read_dataset(dataset_bytes(make_dataset()))
+def test_stow_json_non_latin_text_stored_as_utf8_with_the_coercion_recorded_and_reported(dicomweb_client):
+    ds = read_dataset(dataset_bytes(make_dataset(SpecificCharacterSet="ISO_IR 100")))
     ds.PatientName = "Wang^XiaoDong=王^小東"  # not in the declared ISO_IR 100
-    meta = ds.to_json_dict(bulk_data_threshold=1 << 30)
-    _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode())]))
+    plain = read_dataset(dataset_bytes(make_dataset(SpecificCharacterSet="ISO_IR 100")))
+    metas = [d.to_json_dict(bulk_data_threshold=1 << 30) for d in (ds, plain)]
+    resp = _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps(metas).encode())]),
+                 status=202)  # PS3.18 §10.5.3: stored, with a warning
+    items = {i["00081155"]["Value"][0]: i for i in resp.json["00081199"]["Value"]}
+    assert items[ds.SOPInstanceUID]["00081196"]["Value"] == [0xB000]  # Coercion of Data Elements
+    assert "00081196" not in items[plain.SOPInstanceUID]
+    assert "ISO_IR 100" in resp.headers["Warning"]
     got = _retrieve(dicomweb_client, ds)
     assert got.SpecificCharacterSet == "ISO_IR 192"
     assert str(got.PatientName) == "Wang^XiaoDong=王^小東"
     assert np.array_equal(got.pixel_array, ds.pixel_array)
+    (record,) = got.OriginalAttributesSequence  # the value it replaced (PS3.3 C.12.1.1.9)
+    assert record.ModifiedAttributesSequence[0].SpecificCharacterSet == "ISO_IR 100"
+    assert record.ReasonForTheAttributeModification == "COERCE" and record.ModifyingSystem == "dicomweb_wsgi"
+    assert "OriginalAttributesSequence" not in _retrieve(dicomweb_client, plain)
 
 
 def test_stow_json_content_id_reference_resolved(dicomweb_client):

@@ -15,6 +15,7 @@ data parts, turned into PS3.10 files by ``stow_bulk`` and then stored like any o
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterator
 
 from .. import dicomjson
@@ -42,9 +43,11 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
     spool_dir = req.ctx.archive.blobs.spool_dir
     built: list[str] = []
     early: list[StoreResult] = []
+    coerced: dict[str, str] = {}
     part_type = _related_type(content_type)
     if content_type.type == "multipart/related" and part_type in stow_bulk.METADATA_TYPES:
-        built, early = stow_bulk.build_instances(_read_parts(req, content_type, spool_dir), part_type, spool_dir)
+        built, early, coerced = stow_bulk.build_instances(_read_parts(req, content_type, spool_dir), part_type,
+                                                          spool_dir)
         paths: Iterator[str] = iter(built)
     else:
         paths = uploaded_files(req, spool_dir, content_type)
@@ -52,6 +55,9 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
     results: list[StoreResult] = list(early)
     try:
         for result in archive.store_files(paths, expected_study=study_uid):
+            if result.failure is None and result.sop_uid in coerced:
+                result = replace(result, warning=DicomStatus.COERCION_OF_DATA_ELEMENTS,
+                                 reason=coerced[result.sop_uid])
             results.append(result)
     except BadRequest as exc:
         stored = sum(1 for r in results if r.failure is None)
@@ -123,7 +129,8 @@ def _uid_element(value: str | None) -> dict:
 def _status(results: list[StoreResult]) -> int:
     failed = [r for r in results if r.failure is not None]
     if not failed:
-        return 200
+        # PS3.18 §10.5.3: 202 when the instances were stored with warnings.
+        return 202 if any(r.warning is not None for r in results) else 200
     if len(failed) < len(results):
         return 202  # PS3.18 §10.5.3: some stored, some not
     if all(r.failure == DicomStatus.OUT_OF_RESOURCES for r in failed):
@@ -143,6 +150,8 @@ def _response(req: Request, results: list[StoreResult], study_uid: str | None, m
         else:
             item["00081190"] = {"vr": "UR", "Value": [
                 f"{base}/studies/{r.study_uid}/series/{r.series_uid}/instances/{r.sop_uid}"]}
+            if r.warning is not None:
+                item["00081196"] = {"vr": "US", "Value": [int(r.warning)]}
             referenced.append(item)
     body: dict = {}
     studies = {r.study_uid for r in results if r.failure is None}
@@ -154,9 +163,10 @@ def _response(req: Request, results: list[StoreResult], study_uid: str | None, m
     if referenced:
         body["00081199"] = {"vr": "SQ", "Value": referenced}
     resp = Response(_status(results))
-    reasons = sorted({r.reason for r in results if r.failure is not None})
+    reasons = sorted({r.reason for r in results if r.failure is not None or r.warning is not None})
     if reasons:
-        # The machine-readable reasons are in FailedSOPSequence; the Warning header says it in words.
+        # The machine-readable reasons are in FailedSOPSequence (Failure Reason) and ReferencedSOPSequence
+        # (Warning Reason); the Warning header says it in words.
         text = "; ".join(reasons)[:500].replace('"', "'")
         resp.add_header("Warning", f'299 dicomweb_wsgi "{text}"')
     if media_type == "application/dicom+xml":

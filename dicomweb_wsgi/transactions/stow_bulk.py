@@ -33,6 +33,7 @@ without a ``transfer-syntax``).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -76,12 +77,15 @@ class _InstanceFailure(Exception):
         self.reason = reason
 
 
-def build_instances(parts: Iterable[Part], part_type: str, spool_dir: str) -> tuple[list[str], list[StoreResult]]:
+def build_instances(parts: Iterable[Part], part_type: str,
+                    spool_dir: str) -> tuple[list[str], list[StoreResult], dict[str, str]]:
     """Read every part and write one PS3.10 file per instance into ``spool_dir``.
 
-    Returns the spooled paths (for ``Archive.store_files``, which consumes them) and the
-    failures of instances that could not be built. The parts' spool files are always removed.
-    Raises :class:`BadRequest` when there is no usable metadata part.
+    Returns the spooled paths (for ``Archive.store_files``, which consumes them), the failures of
+    instances that could not be built, and, by SOP Instance UID, what was coerced in the others
+    (each recorded in the instance's Original Attributes Sequence; the response warns of it).
+    The parts' spool files are always removed. Raises :class:`BadRequest` when there is no usable
+    metadata part.
     """
     spooled: list[Part] = []
     written: list[str] = []
@@ -105,13 +109,17 @@ def build_instances(parts: Iterable[Part], part_type: str, spool_dir: str) -> tu
         if not metadata:
             raise BadRequest(f"the request has no {part_type} part with instance metadata")
         failures: list[StoreResult] = []
+        coerced: dict[str, str] = {}
         for obj in metadata:
             try:
-                written.append(_write_instance(obj, _BulkParts(bulk), spool_dir))
+                path, coercion = _write_instance(obj, _BulkParts(bulk), spool_dir)
+                written.append(path)
+                if coercion:
+                    coerced[str(_uid(obj, "00080018"))] = coercion
             except _InstanceFailure as exc:
                 failures.append(StoreResult(_uid(obj, "00080016"), _uid(obj, "00080018"), _uid(obj, "0020000D"),
                                             _uid(obj, "0020000E"), exc.code, exc.reason))
-        return written, failures
+        return written, failures, coerced
     except BaseException:
         discard(written)
         raise
@@ -191,7 +199,8 @@ class _Pixels:
     frames: list[bytes]
 
 
-def _write_instance(obj: dict[str, Any], bulk: _BulkParts, spool_dir: str) -> str:
+def _write_instance(obj: dict[str, Any], bulk: _BulkParts, spool_dir: str) -> tuple[str, str | None]:
+    """The instance as a spooled PS3.10 file, and what was coerced in it (None: nothing)."""
     sop_class, sop_uid = _uid(obj, "00080016"), _uid(obj, "00080018")
     if not sop_class or not sop_uid:
         raise _InstanceFailure(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -224,7 +233,7 @@ def _write_instance(obj: dict[str, Any], bulk: _BulkParts, spool_dir: str) -> st
         elem.is_undefined_length = True
     elif "PixelData" in ds and isinstance(ds.PixelData, bytes) and len(ds.PixelData) % 2:
         ds.PixelData += b"\x00"  # PS3.5 7.1.1: values have an even length
-    _choose_charset(ds, obj)
+    coercion = _choose_charset(ds, obj)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
@@ -240,16 +249,16 @@ def _write_instance(obj: dict[str, Any], bulk: _BulkParts, spool_dir: str) -> st
         os.unlink(path)
         code = DicomStatus.OUT_OF_RESOURCES if isinstance(exc, OSError) else DicomStatus.CANNOT_UNDERSTAND
         raise _InstanceFailure(code, f"cannot write the instance: {exc}") from None
-    return path
+    return path, coercion
 
 
-def _choose_charset(ds: Dataset, obj: dict[str, Any]) -> None:
-    """Switch to UTF-8 when the declared character set cannot carry the JSON text."""
+def _choose_charset(ds: Dataset, obj: dict[str, Any]) -> str | None:
+    """Switch to UTF-8 when the declared character set cannot carry the JSON text; say so."""
     declared = ds.get("SpecificCharacterSet") or ""
     terms = [str(t) for t in declared] if isinstance(declared, (list, MultiValue)) \
         else [str(declared)]
     if any("2022" in t or t == "ISO_IR 192" for t in terms):
-        return
+        return None
     try:
         encoding = convert_encodings([t for t in terms if t] or ["ISO_IR 6"])[0]
     except Exception:
@@ -257,8 +266,29 @@ def _choose_charset(ds: Dataset, obj: dict[str, Any]) -> None:
     try:
         for text in _texts(obj):
             text.encode(encoding)
+        return None
     except (UnicodeEncodeError, LookupError):
-        ds.SpecificCharacterSet = "ISO_IR 192"
+        pass
+    _record_original(ds, "SpecificCharacterSet", "COERCE")
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    shown = "\\".join(terms) or "none (ISO_IR 6)"
+    return f"Specific Character Set {shown} cannot carry the text; stored as ISO_IR 192"
+
+
+def _record_original(ds: Dataset, keyword: str, reason: str) -> None:
+    """Keep an attribute's value before a change in the Original Attributes Sequence.
+
+    PS3.18 §10.5.3: a coerced element is recorded there (PS3.3 C.12.1.1.9); an attribute that was
+    absent is recorded empty."""
+    original = Dataset()
+    setattr(original, keyword, ds.get(keyword))
+    item = Dataset()
+    item.ModifiedAttributesSequence = [original]
+    item.AttributeModificationDateTime = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    item.ModifyingSystem = "dicomweb_wsgi"
+    item.SourceOfPreviousValues = ""
+    item.ReasonForTheAttributeModification = reason
+    ds.OriginalAttributesSequence = [*ds.get("OriginalAttributesSequence", []), item]
 
 
 def _texts(value: Any) -> Iterable[str]:
