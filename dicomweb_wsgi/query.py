@@ -118,7 +118,7 @@ def parse_search(params: Mapping[str, Sequence[str]], level: str, *, study_uid: 
         top_level = attribute_level(path[0], level)
         if _RANK[top_level] <= _RANK[level]:
             return_tags.add(path[0])  # PS3.18 §10.6.3.3: match keys come back with the results
-        terms = _terms(names[path], vr, values)
+        terms = parse_terms(names[path], vr, values)
         if terms is not None:
             entries.append((path, vr, terms))
             if sum(len(entry[2]) for entry in entries) > MAX_TERMS:
@@ -206,8 +206,9 @@ def _split(vr: str, raw: str) -> list[str]:
     return raw.split("\\")
 
 
-def _terms(name: str, vr: str, values: list[str]) -> tuple[Term, ...] | None:
-    """The terms of one key (any may match), or None for universal matching."""
+def parse_terms(name: str, vr: str, values: list[str]) -> tuple[Term, ...] | None:
+    """The terms of one key (any may match), or None for universal matching; 400 (naming ``name``)
+    for a malformed value. QIDO and the UPS search read matching keys alike through this."""
     pieces = [p.strip() if vr != "PN" else p.strip(" ") for raw in values for p in _split(vr, raw)]
     pieces = [p for p in pieces if p]
     if not pieces or any(set(p) == {"*"} for p in pieces):

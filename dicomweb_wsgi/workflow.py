@@ -174,7 +174,8 @@ ENUMERATED = {
 
 # Final state requirements: (path, code, name, an empty sequence is enough). Codes (Table CC.2.5-1):
 # R both final states, P only COMPLETED, X only CANCELED. A nested path is checked in the first item
-# of its sequence. "RC" rows whose condition the SCP cannot know (human performers) are not enforced.
+# of its sequence once it has one (a sequence without items is named by its own rule). "RC" rows
+# whose condition the SCP cannot know (human performers) are not enforced.
 FINAL_STATE_RULES: tuple[tuple[tuple[str, ...], str, str, bool], ...] = (
     ((SOP_CLASS_UID,), "R", "SOP Class UID", False),
     ((SOP_INSTANCE_UID,), "R", "SOP Instance UID", False),
@@ -365,8 +366,7 @@ def apply_state_change(record: WorkitemRecord, requested: str | None, transactio
             attrs[TRANSACTION_UID] = _text("UI", transaction_uid)
             attrs[STATE] = _text("CS", requested)
             return WorkitemChange(dumps(attrs), [state_report(record.uid, attrs)])
-        if transaction_uid != owner:
-            raise UPSError(UPSStatus.WRONG_TRANSACTION_UID)
+        # Table CC.1.1-2: refusing a claim depends only on the current state, not on who asks.
         if current == State.IN_PROGRESS.value:
             raise UPSError(UPSStatus.ALREADY_IN_PROGRESS)
         raise UPSError(UPSStatus.MAY_NO_LONGER_BE_UPDATED, f"the workitem is {current}")
@@ -413,12 +413,12 @@ def final_state_missing(attrs: Mapping[str, Any], target: str) -> list[str]:
     for path, code, name, empty_ok in FINAL_STATE_RULES:
         if code == "P" and target != State.COMPLETED.value or code == "X" and target != State.CANCELED.value:
             continue
-        holder: Mapping[str, Any] = attrs
+        holder: Mapping[str, Any] | None = attrs
         for tag in path[:-1]:
-            items = values(holder, tag)
-            holder = items[0] if items and isinstance(items[0], dict) else {}
-        if len(path) > 1 and not holder:
-            continue  # the sequence itself is missing: its own rule names it
+            items = values(holder or {}, tag)
+            holder = (items[0] if isinstance(items[0], dict) else {}) if items else None
+        if holder is None:
+            continue  # the sequence has no item: its own rule names it
         attr = holder.get(path[-1])
         present = isinstance(attr, dict)
         if not present or not (empty_ok or attr.get("Value") or attr.get("InlineBinary") or attr.get("BulkDataURI")):

@@ -12,6 +12,7 @@ from pydicom.uid import generate_uid
 
 from dicomweb_wsgi import dicomjson, workflow
 from dicomweb_wsgi.app import make_app
+from dicomweb_wsgi.storage.base import AttributeMatch
 from dicomweb_wsgi.storage.sqlite_workitems import SqliteWorkitemStore
 from dicomweb_wsgi.testing import parse_multipart
 
@@ -220,13 +221,15 @@ def _in_progress(client) -> tuple[str, str]:
     ("SCHEDULED", "CANCELED", True, 409, "C310H"),
     ("SCHEDULED", "SCHEDULED", True, 409, "C303H"),
     ("IN PROGRESS", "IN PROGRESS", True, 409, "C302H"),
-    ("IN PROGRESS", "IN PROGRESS", False, 400, "C301H"),
+    ("IN PROGRESS", "IN PROGRESS", False, 409, "C302H"),
     ("IN PROGRESS", "COMPLETED", False, 400, "C301H"),
     ("IN PROGRESS", "COMPLETED", True, 409, "C304H"),
     ("IN PROGRESS", "CANCELED", True, 409, "C304H"),
     ("COMPLETED", "CANCELED", True, 409, "C300H"),
     ("COMPLETED", "IN PROGRESS", True, 409, "C300H"),
     ("CANCELED", "COMPLETED", True, 409, "C300H"),
+    ("COMPLETED", "IN PROGRESS", False, 409, "C300H"),
+    ("CANCELED", "IN PROGRESS", False, 409, "C300H"),
 ])
 def test_ups_change_state_illegal_transition_returns_status_and_reason(dicomweb_client, setup, requested, use_owner, status, reason):
     uid, tuid = _in_progress(dicomweb_client) if setup != "SCHEDULED" else (create(dicomweb_client)[0], None)
@@ -283,7 +286,7 @@ def test_ups_change_state_concurrent_claims_exactly_one_succeeds(dicomweb_app):
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(results) == [200] + [400] * 5
+    assert sorted(results) == [200] + [409] * 5
 
 
 # -- update ------------------------------------------------------------------------------------------
@@ -366,6 +369,12 @@ def _found(client, query: str, **kwargs) -> list[str]:
     ("ScheduledProcedureStepPriority=HIGH", [2]),
     ("ProcedureStepState=SCHEDULED", [0, 1, 2]),
     ("PatientID=PID-?", [0, 1, 2]),
+    ("ScheduledProcedureStepPriority=LOW,HIGH", [2]),
+    ("ProcedureStepState=COMPLETED%5CSCHEDULED", [0, 1, 2]),
+    ("ScheduledStationNameCodeSequence.CodeValue=CT2%5CMR1", [1, 2]),
+    ("ScheduledProcedureStepStartDateTime=20240102", [0, 2]),
+    ("ScheduledProcedureStepStartDateTime=2024010308", [1]),
+    ("ScheduledProcedureStepStartDateTime=20240102101500-0500", [0, 2]),
 ])
 def test_ups_search_matching_key_returns_matching_workitems(dicomweb_client, worklist, query, expected):
     assert _found(dicomweb_client, query) == [worklist[i] for i in expected]
@@ -375,6 +384,20 @@ def test_ups_search_uid_list_and_state_return_matches(dicomweb_client, worklist)
     assert _found(dicomweb_client, f"SOPInstanceUID={worklist[0]}\\{worklist[2]}") == [worklist[0], worklist[2]]
     put_state(dicomweb_client, worklist[1], "IN PROGRESS", generate_uid())
     assert _found(dicomweb_client, "ProcedureStepState=IN%20PROGRESS") == [worklist[1]]
+
+
+def test_ups_search_star_alone_is_universal_matching(dicomweb_client, worklist):
+    uid, _ = create(dicomweb_client, minimal_workitem())  # Patient's Name and the station added empty
+    for query in ("PatientName=*", "SOPInstanceUID=*", "ScheduledStationNameCodeSequence.CodeValue=*"):
+        assert _found(dicomweb_client, query) == [*worklist, uid], query
+
+
+def test_ups_search_malformed_or_wildcard_date_time_returns_400(dicomweb_client, worklist):
+    for query in ("ScheduledProcedureStepStartDateTime=2024*", "ScheduledProcedureStepStartDateTime=2024x-",
+                  "ScheduledProcedureStepStartDateTime=20241301", "SOPInstanceUID=1.2*"):
+        dicomweb_client.get(f"/workitems?{query}", status=400)
+    dicomweb_client.post(f"/workitems/{FILTERED}/subscribers/CTROOM"
+                         "?filter=ScheduledProcedureStepStartDateTime=2024*", status=400)
 
 
 def test_ups_search_results_have_return_keys_and_never_transaction_uid(dicomweb_client, worklist):
@@ -504,6 +527,24 @@ def test_ups_purge_final_workitem_unless_deletion_locked(tmp_path):
         store.unsubscribe("KEEPER", "1.2.3.1")
         store.purge()
         assert store.get("1.2.3.1") is None
+    finally:
+        store.close()
+
+
+def test_ups_store_search_reads_star_and_value_lists_as_qido_does(tmp_path):
+    store = SqliteWorkitemStore(str(tmp_path / "w.sqlite3"), synchronous="NORMAL")
+    try:
+        for uid, priority in (("1.2.3.1", "HIGH"), ("1.2.3.2", "LOW")):
+            change, _ = workflow.prepare_create(minimal_workitem(ScheduledProcedureStepPriority=priority)
+                                                .to_json_dict(), uid, "20240101")
+            assert store.create(uid, change.attrs_json, [])
+
+        def found(*keys: tuple[str, str, str]) -> list[str]:
+            return [r.uid for r in store.search([AttributeMatch((tag,), vr, value) for tag, vr, value in keys],
+                                                None, 0)[0]]
+
+        assert found(("00100010", "PN", "*"), ("00741200", "CS", "*")) == ["1.2.3.1", "1.2.3.2"]
+        assert found(("00741200", "CS", "LOW,HIGH")) == found(("00741200", "CS", "HIGH\\LOW")) == ["1.2.3.1", "1.2.3.2"]
     finally:
         store.close()
 

@@ -57,9 +57,10 @@ def status_of(call) -> int:
 @pytest.mark.parametrize("start, requested, tuid, expected", [
     ("SCHEDULED", "IN PROGRESS", OWNER, UPSStatus.SUCCESS),
     ("IN PROGRESS", "IN PROGRESS", OWNER, UPSStatus.ALREADY_IN_PROGRESS),
-    ("IN PROGRESS", "IN PROGRESS", OTHER, UPSStatus.WRONG_TRANSACTION_UID),
+    ("IN PROGRESS", "IN PROGRESS", OTHER, UPSStatus.ALREADY_IN_PROGRESS),
     ("COMPLETED", "IN PROGRESS", OWNER, UPSStatus.MAY_NO_LONGER_BE_UPDATED),
-    ("CANCELED", "IN PROGRESS", OTHER, UPSStatus.WRONG_TRANSACTION_UID),
+    ("COMPLETED", "IN PROGRESS", OTHER, UPSStatus.MAY_NO_LONGER_BE_UPDATED),
+    ("CANCELED", "IN PROGRESS", OTHER, UPSStatus.MAY_NO_LONGER_BE_UPDATED),
     ("SCHEDULED", "SCHEDULED", OWNER, UPSStatus.MAY_ONLY_BECOME_SCHEDULED_ON_CREATE),
     ("IN PROGRESS", "SCHEDULED", OWNER, UPSStatus.MAY_ONLY_BECOME_SCHEDULED_ON_CREATE),
     ("SCHEDULED", "COMPLETED", OWNER, UPSStatus.NOT_IN_PROGRESS),
@@ -116,6 +117,17 @@ def test_complete_with_partial_performed_item_names_each_missing_attribute():
     attrs[workflow.PERFORMED_SEQUENCE] = {"vr": "SQ", "Value": [item]}
     assert workflow.final_state_missing(attrs, "COMPLETED") == [
         "Performed Workitem Code Sequence", "Performed Procedure Step End DateTime"]
+
+
+def test_complete_with_an_empty_performed_item_is_c304_naming_its_attributes():
+    attrs = in_state("IN PROGRESS")
+    attrs[workflow.PERFORMED_SEQUENCE] = {"vr": "SQ", "Value": [{}]}
+    with pytest.raises(UPSError) as err:
+        workflow.apply_state_change(record(attrs), "COMPLETED", OWNER, NOW)
+    assert err.value.status == UPSStatus.FINAL_STATE_NOT_MET
+    assert workflow.final_state_missing(attrs, "COMPLETED") == [
+        "Performed Station Name Code Sequence", "Performed Procedure Step Start DateTime",
+        "Performed Workitem Code Sequence", "Performed Procedure Step End DateTime", "Output Information Sequence"]
 
 
 def test_complete_with_performed_item_succeeds_and_empty_output_sequence_is_enough():

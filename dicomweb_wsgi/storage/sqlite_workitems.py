@@ -19,10 +19,12 @@ import re
 import sqlite3
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, Callable, Iterator, Sequence
 
 from ..model import fold_text
-from .base import AttributeMatch, NewEvent, OutboxEvent, WorkitemChange, WorkitemRecord
+from .base import (RANGE_VRS, AttributeMatch, Condition, MatchKind, NewEvent, OutboxEvent, Term, WorkitemChange,
+                   WorkitemRecord, range_key)
 from .sqlite_db import SqliteDatabase
 
 # Attributes with their own column: tag -> column. Column names in SQL come only from here.
@@ -331,23 +333,23 @@ def _column_values(attrs: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _prefilter(matches: Sequence[AttributeMatch]) -> tuple[str, list[str]]:
-    """SQL narrowing the scan: exact, non-wildcard keys on indexed non-PN attributes."""
+    """SQL narrowing the scan: top-level keys on indexed non-PN attributes whose values are single values."""
     where, params = ["1=1"], []
     for m in matches:
         column = COLUMNS.get(m.path[0]) if len(m.path) == 1 else None
-        if column is None or m.vr == "PN" or not m.value or _WILD.search(m.value) or "-" in m.value \
-                or "\\" in m.value:
+        terms = match_terms(m.vr, m.value) if column is not None and m.vr != "PN" else None
+        if terms is None or any(t.kind is not MatchKind.SINGLE for t in terms):
             continue
-        where.append(f"{column}=?")
-        params.append(m.value)
+        where.append(f"{column} IN ({', '.join('?' * len(terms))})")
+        params.extend(t.value for t in terms)
     return " AND ".join(where), params
 
 
 # -- matching on DICOM JSON (PS3.4 C.2.2.2) -----------------------------------------------------------
 
-WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
-RANGE_VRS = frozenset({"DA", "TM", "DT"})
-NUMBER_VRS = frozenset({"DS", "IS", "FL", "FD", "SL", "SS", "UL", "US", "SV", "UV"})
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT", "UN"})
+LIST_BY_COMMA_VRS = frozenset({"UI", "CS"})
+UNSPLIT_VRS = frozenset({"LT", "ST", "UT", "UR"})
 _WILD = re.compile(r"[*?]")
 
 
@@ -360,7 +362,7 @@ def dataset_matches(obj: dict[str, Any], matches: Sequence[AttributeMatch]) -> b
         elif not attribute_matches(obj.get(m.path[0]), m):
             return False
     for tag, keys in nested.items():
-        if all(not k.value for k in keys):
+        if all(match_terms(k.vr, k.value) is None for k in keys):
             continue  # only universal keys inside the sequence: they match anything (C.2.2.2.6)
         items = (obj.get(tag) or {}).get("Value") or []
         if not any(isinstance(item, dict) and dataset_matches(item, keys) for item in items):
@@ -369,34 +371,51 @@ def dataset_matches(obj: dict[str, Any], matches: Sequence[AttributeMatch]) -> b
 
 
 def attribute_matches(attr: dict[str, Any] | None, m: AttributeMatch) -> bool:
-    """Single value, list of UIDs, wildcard, range or universal matching of one attribute.
+    """Whether one attribute matches a top-level key, by the reference matcher of QIDO (``Condition``).
 
     An attribute without a value matches only universal matching; a multi-valued one matches if
-    any value does. PN matching ignores case and accents.
+    any value does.
     """
-    if not m.value:
-        return True
-    return any(_value_matches(value, m) for value in _strings(attr))
+    terms = match_terms(m.vr, m.value)
+    return terms is None or Condition(m.path[-1], m.vr, "", terms).matches(attr)
 
 
-def _value_matches(value: str, m: AttributeMatch) -> bool:
-    query = m.value
-    if m.vr == "UI":
-        return value in {u.strip() for u in re.split(r"[\\,]", query) if u.strip()}
-    if m.vr in RANGE_VRS and "-" in query:
-        low, _, high = query.partition("-")
-        return (not low or value >= low.strip()) and (not high or value[:len(high.strip())] <= high.strip())
-    if m.vr in NUMBER_VRS:
-        try:
-            return float(value) == float(query)
-        except ValueError:
-            return value == query
-    if m.vr == "PN":
-        value, query = fold_text(value), fold_text(query)
-    if m.vr in WILDCARD_VRS and _WILD.search(query):
-        pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in query)
-        return re.fullmatch(pattern, value, re.DOTALL) is not None
-    return value == query.strip()
+@lru_cache(maxsize=256)
+def match_terms(vr: str, text: str) -> tuple[Term, ...] | None:
+    """The terms of a key's query text, any of which may match; None for universal matching.
+
+    The text means what it means to QIDO (``query.py``, which the UPS transactions use to refuse
+    malformed values and to write each range as ``range_key`` digits, so its "-" is unambiguous):
+    empty or ``*`` alone is universal (PS3.4 C.2.2.2.3-4); UI and CS values are split at commas or
+    backslashes, other VRs at backslashes (LT, ST, UT, UR never); ``a-b`` is a DA/TM/DT range and a
+    single TM or DT value stands for the range it covers; PN is folded, each ``=`` group a term.
+    """
+    if vr in UNSPLIT_VRS:
+        pieces = [text]
+    else:
+        pieces = re.split(r"[,\\]", text) if vr in LIST_BY_COMMA_VRS else text.split("\\")
+    pieces = [p for p in (p.strip() for p in pieces) if p]
+    if not pieces or any(set(p) == {"*"} for p in pieces):
+        return None
+    terms: list[Term] = []
+    for piece in pieces:
+        if vr == "PN":
+            for group in piece.split("="):
+                folded = fold_text(group)
+                folded = folded if folded.endswith("*") else folded.rstrip("^")
+                if folded:
+                    terms.append(Term(MatchKind.WILDCARD if _WILD.search(folded) else MatchKind.SINGLE, folded))
+        elif vr in RANGE_VRS and "-" in piece:
+            low, _, high = (p.strip() for p in piece.partition("-"))
+            terms.append(Term(MatchKind.RANGE, low=range_key(vr, low, "0") if low else "",
+                              high=range_key(vr, high, "9") if high else ""))
+        elif vr in RANGE_VRS and vr != "DA":
+            terms.append(Term(MatchKind.RANGE, low=range_key(vr, piece, "0"), high=range_key(vr, piece, "9")))
+        elif vr in WILDCARD_VRS and _WILD.search(piece):
+            terms.append(Term(MatchKind.WILDCARD, piece))
+        else:
+            terms.append(Term(MatchKind.SINGLE, piece.replace(".", "") if vr == "DA" else piece))
+    return tuple(terms) or None
 
 
 def _strings(attr: dict[str, Any] | None) -> list[str]:

@@ -36,7 +36,8 @@ from ..http import Request, Response
 from ..mediatypes import Offer, Selection, negotiate, parse_media_type
 from ..model import is_valid_uid
 from ..multipart import multipart_content_type, new_boundary, write_multipart
-from ..storage.base import AttributeMatch, NewEvent, WorkitemRecord, WorkitemStore
+from ..query import parse_terms
+from ..storage.base import AttributeMatch, MatchKind, NewEvent, WorkitemRecord, WorkitemStore
 from ..workflow import UPSError, UPSStatus
 
 MAX_DATASET_BYTES = 16 << 20
@@ -314,8 +315,19 @@ def _match_keys(pairs: Iterable[tuple[str, str]]) -> tuple[list[AttributeMatch],
             raise BadRequest("the Transaction UID (0008,1195) cannot be queried")
         if vrs[-1] == "SQ" and value:
             raise BadRequest(f"{name}: match a sequence through its attributes, e.g. {name}.CodeValue=…")
-        matches.append(AttributeMatch(path, vrs[-1] or "UN", value))
+        vr = vrs[-1] or "UN"
+        matches.append(AttributeMatch(path, vr, _match_text(name, vr, value)))
     return matches, ignored
+
+
+def _match_text(name: str, vr: str, value: str) -> str:
+    """A key's value read by QIDO's parser (400 when malformed), written back as query text the store
+    reads alike: "" for universal matching, else the terms joined by backslashes, each range as its
+    ``range_key`` digits (so a UTC offset's "-" is never taken for a range)."""
+    terms = parse_terms(name, vr, [value])
+    if terms is None:
+        return ""
+    return "\\".join(f"{t.low}-{t.high}" if t.kind is MatchKind.RANGE else t.value for t in terms)
 
 
 def _include_fields(values: Iterable[str]) -> list[str] | None:
