@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from . import dicomjson, frames, part10_json
 from .errors import DicomStatus
-from .model import INDEXED, Level, NON_PATIENT_SOP_CLASSES, is_valid_uid, level_of_tag
+from .model import INDEXED, Level, NON_PATIENT_SOP_CLASSES, is_valid_uid, level_of_tag, protect_placeholders
 from .storage.base import InstanceRecord
 
 
@@ -301,6 +301,18 @@ def _parse_fast(path: str, data: bytes | None, size: int, bulk_threshold: int) -
                   parsed.bulk_refs, layout)
 
 
+def _stored_json(obj: dict[str, Any], bulk_uri_prefix: str | None = None) -> str:
+    """DICOM JSON text for the index, whose BulkDataURIs start with ``bulk_uri_prefix``: values
+    keep no ``%%`` (``protect_placeholders``), so serving replaces only the server's own placeholders."""
+    text = dicomjson.dumps(obj)
+    if bulk_uri_prefix is None:
+        return protect_placeholders(text)
+    # A raw NUL never occurs in JSON text (strings escape it): a safe mark for our own prefixes.
+    mark = '"BulkDataURI":"'
+    text = protect_placeholders(text.replace(mark + _PREFIX, mark + "\0"))
+    return text.replace("\0", bulk_uri_prefix)
+
+
 def prepare(path: str, *, bulk_threshold: int = 1024, fast: bool = True) -> Prepared:
     """Parse and validate one uploaded file; raises IngestError with the FailureReason to report.
 
@@ -316,16 +328,17 @@ def prepare(path: str, *, bulk_threshold: int = 1024, fast: bool = True) -> Prep
     series_uid = _uid_value(obj, "0020000E")
     for name, value in (("SOPClassUID", sop_class), ("SOPInstanceUID", sop_uid),
                         ("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
+        if name == "StudyInstanceUID" and sop_class in NON_PATIENT_SOP_CLASSES:
+            # Before the study and series UIDs, which these IODs do not have.
+            raise IngestError(DicomStatus.SOP_CLASS_NOT_SUPPORTED,
+                              "non-patient SOP class: store it through its Non-Patient Instance resource",
+                              sop_class_uid=sop_class, sop_uid=sop_uid)
         if not value or not is_valid_uid(value):
             raise IngestError(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                               f"{name} is missing or not a valid UID",
                               sop_class_uid=sop_class or None, sop_uid=sop_uid or None)
     assert study_uid and series_uid
-    if sop_class in NON_PATIENT_SOP_CLASSES:
-        raise IngestError(DicomStatus.SOP_CLASS_NOT_SUPPORTED,
-                          "non-patient SOP class: store it through its Non-Patient Instance resource",
-                          sop_class_uid=sop_class, sop_uid=sop_uid)
-    metadata = dicomjson.dumps(obj).replace(_PREFIX, bulk_prefix(study_uid, series_uid, sop_uid))
+    metadata = _stored_json(obj, bulk_prefix(study_uid, series_uid, sop_uid))
     levels: dict[Level, dict] = {Level.STUDY: {}, Level.SERIES: {}}
     for tag, element in obj.items():
         level = level_of_tag(tag)
@@ -357,6 +370,6 @@ def prepare(path: str, *, bulk_threshold: int = 1024, fast: bool = True) -> Prep
         transfer_syntax=ts, size=size, digest=digest,
         study_columns=columns[Level.STUDY], series_columns=columns[Level.SERIES],
         instance_columns=columns[Level.INSTANCE],
-        study_json=dicomjson.dumps(levels[Level.STUDY]), series_json=dicomjson.dumps(levels[Level.SERIES]),
+        study_json=_stored_json(levels[Level.STUDY]), series_json=_stored_json(levels[Level.SERIES]),
         metadata_json=metadata, frames_json=layout.to_json() if layout is not None else None,
         bulk_json=json.dumps(bulk, separators=(",", ":")) if bulk else None)

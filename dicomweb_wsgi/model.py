@@ -120,6 +120,13 @@ def level_of_tag(tag: str) -> Level:
     return Level.INSTANCE
 
 
+def protect_placeholders(json_text: str) -> str:
+    """JSON text in which no value can pass for one of the server's placeholders (``%%BASE%%``,
+    replaced by the public base URL when stored JSON is served): every ``%%`` is written
+    ``%\\u0025``, which is the same string once parsed. Apply it before inserting a placeholder."""
+    return json_text.replace("%%", "%\\u0025")
+
+
 def fold_text(value: str) -> str:
     """Case- and accent-insensitive form of a string, for PN and fuzzy matching."""
     decomposed = unicodedata.normalize("NFKD", value)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 
+import pydicom
 import pytest
-from pydicom.data import get_testdata_file
+from pydicom.data import get_palette_files, get_testdata_file
 
 from dicomweb_wsgi.frames import scan_layout
 from dicomweb_wsgi.ingest import IN_MEMORY_LIMIT
@@ -107,3 +108,37 @@ def test_ingest_frame_layout_from_the_stored_json_equals_the_layout_read_from_th
     assert expected is not None and expected.number_of_frames == (3 if "frames" in source else 1)
     rows = dicomweb_app.archive.index.read("SELECT frames_json FROM instance")
     assert [r["frames_json"] for r in rows] == [expected.to_json()]
+
+
+def test_ingest_a_real_color_palette_on_studies_is_0122_not_a_missing_study_uid(dicomweb_client):
+    # A Color Palette IOD has no Study or Series Instance UID: the class is what is wrong here.
+    palette = pydicom.dcmread(get_palette_files("hotiron.dcm")[0])
+    assert "StudyInstanceUID" not in palette
+    resp = store(dicomweb_client, [dataset_bytes(palette)], status=409)
+    (failed,) = resp.json["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0x0122]
+    assert "Non-Patient" in resp.headers["Warning"]
+
+
+def test_ingest_values_holding_placeholder_text_are_served_as_stored(dicomweb_client):
+    # The server names the public base URL in stored JSON by a placeholder (%%BASE%%); a value that
+    # holds the same text must come back unchanged from metadata, QIDO and XML alike.
+    text = "see %%BASE%% and %%PREFIX%% here, 100%%"
+    ds = make_dataset(StudyDescription=text, ImageComments=text, SeriesDescription=text,
+                      TimezoneOffsetFromUTC="+0100")  # the offset takes the study-JSON merge path
+    store(dicomweb_client, [ds])
+    url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    (meta,) = dicomweb_client.get(url + "/metadata", status=200).json
+    for tag in ("00081030", "00204000", "0008103E"):
+        assert meta[tag]["Value"] == [text]
+    assert meta["7FE00010"]["BulkDataURI"] == f"http://localhost:80{url}/bulkdata/7FE00010"
+    (study,) = dicomweb_client.get(f"/studies?StudyInstanceUID={ds.StudyInstanceUID}&includefield=00081030",
+                                   status=200).json
+    assert study["00081030"]["Value"] == [text]
+    (series,) = dicomweb_client.get(f"/studies/{ds.StudyInstanceUID}/series", status=200).json
+    assert series["0008103E"]["Value"] == [text]
+    (instance,) = dicomweb_client.get(f"/studies/{ds.StudyInstanceUID}/instances?includefield=all", status=200).json
+    assert instance["00204000"]["Value"] == [text]
+    xml = dicomweb_client.get(url + "/metadata", headers={"Accept": 'multipart/related; type="application/dicom+xml"'},
+                              status=200)
+    assert text.encode() in xml.body.replace(b"&amp;", b"&")

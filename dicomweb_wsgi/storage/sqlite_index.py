@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from ..model import EVERY_LEVEL_TAGS, INDEXED, INDEXED_BY_TAG, Level, fold_text
+from ..model import EVERY_LEVEL_TAGS, INDEXED, INDEXED_BY_TAG, Level, fold_text, protect_placeholders
 from .base import (AddResult, Condition, DuplicatePolicy, InstanceRecord, MatchKind, MAX_PN_COMPONENTS,
                    NUMERIC_VRS, Outcome, SearchQuery, SearchResult, SearchRow, StorageError,
                    StoredInstance)
@@ -163,7 +163,8 @@ def _study_json(rec: InstanceRecord) -> str:
     series = json.loads(rec.series_json)
     study = json.loads(rec.study_json)
     study.update({tag: series[tag] for tag in shared if tag in series})
-    return json.dumps(dict(sorted(study.items())), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return protect_placeholders(json.dumps(dict(sorted(study.items())), ensure_ascii=False, separators=(",", ":"),
+                                           allow_nan=False))
 
 
 def _dw_match(element_json: str | None, key: str) -> int:
