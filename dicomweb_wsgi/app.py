@@ -12,24 +12,26 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .archive import Archive
 from .audit import acting_as
 from .auth import Authenticator
 from .config import Settings, load_settings
 from .errors import DicomWebError, MethodNotAllowed, NotFound, ServiceUnavailable
-from .http import Request, Response, iter_file, status_line
+from .http import WRITE_METHODS, Request, Response, iter_file, status_line, supported_methods
 from .router import Router
 from .storage.base import StorageError, WorkitemStore
 from .storage.sqlite_workitems import open_workitem_store
+
+if TYPE_CHECKING:
+    from .router import _PathEntry
 
 log = logging.getLogger("dicomweb_wsgi")
 access_log = logging.getLogger("dicomweb_wsgi.access")
 
 CORS_ALLOW_HEADERS = "Accept, Authorization, Content-Type, Cache-Control, If-None-Match, Range"
 CORS_EXPOSE_HEADERS = "Content-Type, Content-Length, Content-Location, Location, Warning, ETag"
-WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
 
 @dataclass
@@ -102,11 +104,21 @@ class DicomWebApp:
                 if capabilities is not None:
                     return capabilities(req)
                 resp = Response(204)
-                resp.add_header("Allow", ", ".join(self.ctx.router.allowed(found[0])))
+                resp.add_header("Allow", ", ".join(self.allowed(found[0])))
                 return resp
-        handler, kwargs = self.ctx.router.resolve(req)
+        try:
+            handler, kwargs = self.ctx.router.resolve(req)
+        except MethodNotAllowed:
+            found = self.ctx.router.match(req.path)
+            if not self.settings.read_only or found is None:
+                raise
+            raise MethodNotAllowed(self.allowed(found[0])) from None  # the router's Allow has the writes
         req.route_kwargs = kwargs
         return handler(req, **kwargs)
+
+    def allowed(self, entry: _PathEntry) -> list[str]:
+        """The methods a resource currently supports (``Allow``): none of the writes when read-only."""
+        return supported_methods(self.ctx.router.allowed(entry), self.settings.read_only)
 
     # -- admission: who, read-only, free space -----------------------------------------------------
     def admit(self, req: Request) -> None:
@@ -118,7 +130,12 @@ class DicomWebApp:
         if principal.how != "open":
             req.user = principal.name
         if self.settings.read_only and req.method in WRITE_METHODS:
-            raise MethodNotAllowed(["GET", "HEAD", "OPTIONS"], "the server is read-only")
+            found = self.ctx.router.match(req.path)
+            if found is None:
+                return  # nothing is written: the router answers 404 (or 400 for an unsafe path)
+            allowed = self.allowed(found[0])
+            only = "; this resource answers only OPTIONS" if allowed == ["OPTIONS"] else ""
+            raise MethodNotAllowed(allowed, f"the server is read-only{only}")
         if req.method in ("POST", "PUT") and self.settings.min_free_space:
             self.guard_disk(req)
 
@@ -152,7 +169,7 @@ class DicomWebApp:
     def preflight(self, req: Request) -> Response:
         resp = Response(204)
         found = self.ctx.router.match(req.path)
-        methods = self.ctx.router.allowed(found[0]) if found else ["GET", "HEAD", "OPTIONS"]
+        methods = self.allowed(found[0]) if found else ["GET", "HEAD", "OPTIONS"]
         if self.allowed_origin(req.header("Origin")):
             resp.add_header("Access-Control-Allow-Methods", ", ".join(methods))
             requested = req.header("Access-Control-Request-Headers")
@@ -162,12 +179,20 @@ class DicomWebApp:
         return resp
 
     def add_cors(self, req: Request, resp: Response) -> None:
-        origin = self.allowed_origin(req.header("Origin"))
-        if origin is None:
+        """CORS headers on every response (preflights included), such that an HTTP cache never hands one
+        origin's answer to another: with ``*`` the same on every response, Origin or not; with listed
+        origins ``Vary: Origin`` on every response (Fetch standard, "CORS protocol and HTTP caches")."""
+        origins = self.settings.cors_origins
+        if not origins:
             return
-        resp.add_header("Access-Control-Allow-Origin", origin)
-        if origin != "*":
+        if "*" in origins:
+            origin: str | None = "*"
+        else:
             resp.add_header("Vary", "Origin")
+            origin = self.allowed_origin(req.header("Origin"))
+            if origin is None:
+                return
+        resp.add_header("Access-Control-Allow-Origin", origin)
         resp.add_header("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
 
     # -- sending -----------------------------------------------------------------------------

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence, Tuple, Union
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .errors import BadRequest, PayloadTooLarge
 
@@ -113,7 +114,52 @@ class Request:
             host = env.get("SERVER_NAME", "localhost")
             if port and (scheme, port) not in (("http", "80"), ("https", "443")):
                 host = f"{host}:{port}"
-        return f"{scheme}://{host}{quote(env.get('SCRIPT_NAME', ''))}".rstrip("/")
+        return f"{scheme}://{host}{_quote_environ_path(env.get('SCRIPT_NAME', ''))}".rstrip("/")
+
+
+def _quote_environ_path(path: str) -> str:
+    """Percent-encode a SCRIPT_NAME or PATH_INFO value for a URL.
+
+    PEP 3333 hands these over as the request's bytes decoded as ISO-8859-1, so they are encoded back
+    to those bytes before quoting; quoting the text itself would encode UTF-8 paths twice. A server
+    that breaks the rule with characters beyond ISO-8859-1 gets them quoted as UTF-8.
+    """
+    try:
+        raw = path.encode("latin-1")
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8")
+    return quote(raw)
+
+
+# RFC 9111 §5.5: warn-agent is a host[:port] or a token; the host is the one the client used.
+_AGENT_UNSAFE = re.compile(r"[^A-Za-z0-9.:\-\[\]]")
+# warn-text is a quoted-string; quotes, backslashes and control characters are replaced, not escaped.
+_WARN_TEXT_UNSAFE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def warning_value(base_url: str, text: str) -> str:
+    """A ``Warning`` header value ``299 <host> "<text>"`` (RFC 9111 §5.5; 299 = miscellaneous
+    persistent warning), with the service's host as warn-agent and ``text`` as a quoted-string.
+
+    One builder for the transactions' Warnings, so that they all parse the same way.
+    """
+    agent = _AGENT_UNSAFE.sub("", urlsplit(base_url).netloc) or "dicomweb_wsgi"
+    cleaned = _WARN_TEXT_UNSAFE.sub(lambda m: {'"': "'", "\\": "/"}.get(m.group(), "?"), text[:500])
+    return f'299 {agent} "{cleaned}"'
+
+
+def more_results_warning(base_url: str, remaining: int) -> str:
+    """The Warning of a search page with more results (PS3.18 §8.3.4.4), as QIDO-RS sends it."""
+    return warning_value(base_url, f"There are {remaining} additional results that can be requested")
+
+
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
+
+
+def supported_methods(methods: Iterable[str], read_only: bool) -> list[str]:
+    """The methods a resource currently supports, for ``Allow`` (RFC 9110 §10.2.1, §15.5.6): its
+    route's ``methods``, less the writes on a read-only server, which refuses them everywhere."""
+    return [m for m in methods if not (read_only and m in WRITE_METHODS)]
 
 
 @lru_cache(maxsize=256)

@@ -11,7 +11,7 @@ from dicomweb_wsgi.app import make_app
 from dicomweb_wsgi.errors import Conflict
 from dicomweb_wsgi.http import Response
 from dicomweb_wsgi.router import Route, Router
-from dicomweb_wsgi.testing import make_dataset, store
+from dicomweb_wsgi.testing import make_dataset, store, stow_body
 
 
 def test_unknown_path_returns_404_text(dicomweb_client):
@@ -81,6 +81,26 @@ def test_cors_only_configured_origins(tmp_path):
     app.close()
 
 
+@pytest.mark.parametrize("headers", [{}, {"Origin": "https://evil.example"},
+                                     {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}],
+                         ids=["no-origin", "other-origin", "other-origin-preflight"])
+def test_cors_listed_origins_vary_on_origin_in_every_response(dicomweb_client_factory, headers):
+    # Fetch standard, "CORS protocol and HTTP caches": a cache must not give one origin's answer to another.
+    client = dicomweb_client_factory(cors_origins="https://ok.example")
+    method = "OPTIONS" if "Access-Control-Request-Method" in headers else "GET"
+    resp = client.request("/studies", method=method, headers=headers)
+    vary = {v.strip().lower() for value in resp.headers.getall("Vary") for v in value.split(",")}
+    assert "origin" in vary
+
+
+def test_cors_any_origin_answers_the_same_with_or_without_origin(dicomweb_client):
+    plain = dicomweb_client.get("/studies", status=200)
+    cors = dicomweb_client.get("/studies", headers={"Origin": "http://viewer.example"}, status=200)
+    for name in ("Access-Control-Allow-Origin", "Access-Control-Expose-Headers"):
+        assert plain.headers[name] == cors.headers[name]
+    assert "Vary" not in plain.headers
+
+
 def test_no_cors_headers_when_disabled(tmp_path):
     app = make_app({"data_dir": str(tmp_path / "d"), "fsync": "0"})
     resp = webtest.TestApp(app).get("/studies/1.2.3", headers={"Origin": "https://x.example"}, status=404)
@@ -129,6 +149,37 @@ def test_script_name_and_forwarded_scheme_are_used_in_retrieve_urls(dicomweb_cli
                                 extra_environ={"SCRIPT_NAME": "/dicomweb", "wsgi.url_scheme": "https"},
                                 status=200)
     assert resp.json["00081190"]["Value"] == [f"https://pacs:8443/dicomweb/studies/{ds.StudyInstanceUID}"]
+
+
+def test_non_ascii_script_name_is_percent_encoded_once(dicomweb_client):
+    # PEP 3333: SCRIPT_NAME is the request's bytes decoded as ISO-8859-1; /café arrives as /caf\xc3\xa9.
+    ds = make_dataset()
+    content_type, body = stow_body([ds])
+    resp = dicomweb_client.post("/studies", body, headers={"Content-Type": content_type},
+                                extra_environ={"SCRIPT_NAME": "/caf\xc3\xa9"}, status=200)
+    assert resp.json["00081190"]["Value"] == [f"http://localhost:80/caf%C3%A9/studies/{ds.StudyInstanceUID}"]
+
+
+def test_read_only_405_allows_the_resources_own_read_methods(dicomweb_client_factory):
+    client = dicomweb_client_factory(read_only="true")
+    uid = "1.2.3"
+    resp = client.post("/studies", b"", headers={"Content-Type": "application/dicom"}, status=405)
+    assert resp.headers["Allow"] == "GET, HEAD, OPTIONS" and "read-only" in resp.text
+    # RFC 9110 §15.5.6: Allow lists what the resource supports, and /state has no GET.
+    resp = client.put(f"/workitems/{uid}/state", b"{}", headers={"Content-Type": "application/dicom+json"},
+                      status=405)
+    assert resp.headers["Allow"] == "OPTIONS" and "only OPTIONS" in resp.text
+    assert client.get(f"/workitems/{uid}/state", status=405).headers["Allow"] == "OPTIONS"
+    client.options(f"/workitems/{uid}/state", status=200)
+    preflight = client.options("/studies", headers={"Origin": "http://viewer.example",
+                                                    "Access-Control-Request-Method": "POST"}, status=204)
+    assert preflight.headers["Access-Control-Allow-Methods"] == "GET, HEAD, OPTIONS"
+
+
+def test_read_only_write_to_an_unknown_path_is_404(dicomweb_client_factory):
+    client = dicomweb_client_factory(read_only="true")
+    client.post("/no/such/resource", b"x", headers={"Content-Type": "application/dicom"}, status=404)
+    client.delete("/studies/1.2.3/nothing", status=404)
 
 
 def test_apps_are_independent(tmp_path):

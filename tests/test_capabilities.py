@@ -146,3 +146,10 @@ def test_capabilities_cors_preflight_keeps_its_answer(dicomweb_client):
 def test_capabilities_get_on_the_root_is_405_with_allow(dicomweb_client):
     resp = dicomweb_client.get("/", status=405)
     assert resp.headers["Allow"] == "OPTIONS"
+
+
+def test_capabilities_allow_on_a_read_only_server_lists_no_writes(dicomweb_client_factory):
+    # RFC 9110 §10.2.1: Allow is what the resource supports now; a read-only server refuses every write.
+    client = dicomweb_client_factory(read_only="true")
+    assert client.options("/studies", status=200).headers["Allow"] == "GET, HEAD, OPTIONS"
+    assert client.options("/workitems/1.2.3/state", status=200).headers["Allow"] == "OPTIONS"

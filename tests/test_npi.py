@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from dicomweb_wsgi.app import make_app
-from dicomweb_wsgi.testing import dataset_bytes, make_dataset, parse_multipart, stow_body
+from dicomweb_wsgi.testing import dataset_bytes, make_dataset, parse_multipart, store, stow_body
 
 HANGING_PROTOCOL = "1.2.840.10008.5.1.4.38.1"
 CT_PROTOCOL = "1.2.840.10008.5.1.4.1.1.200.1"
@@ -318,6 +318,15 @@ def test_npi_search_paging_announces_more(dicomweb_client, protocols):
         dicomweb_client.get("/hanging-protocols", bad, status=400)
 
 
+def test_npi_search_paging_warning_is_the_qido_warning(dicomweb_client, protocols):
+    # conformance.md §3.7: paging as QIDO-RS, with the same Warning (RFC 9111 §5.5: a quoted warn-text).
+    for patient in ("A", "B"):
+        store(dicomweb_client, [make_dataset(PatientID=patient)])
+    qido = dicomweb_client.get("/studies", {"limit": "1"}, status=200).headers.getall("Warning")
+    npi = dicomweb_client.get("/hanging-protocols", {"limit": "2"}, status=200).headers.getall("Warning")
+    assert npi == qido == ['299 localhost:80 "There are 1 additional results that can be requested"']
+
+
 def test_npi_search_return_keys_and_includefield(dicomweb_client, protocols):
     default = dicomweb_client.get("/hanging-protocols", status=200).json[0]
     assert {"00080016", "00080018", "00720002", "0072000C", "00081190"} <= set(default)
@@ -334,6 +343,17 @@ def test_npi_search_non_matching_key_is_returned_with_a_warning(dicomweb_client,
     resp = dicomweb_client.get("/hanging-protocols", {"ContentLabel": "X"}, status=200)
     assert len(resp.json) == 3 and "not matching keys of /hanging-protocols" in resp.headers["Warning"]
     assert all("00700080" not in result for result in resp.json)  # asked for, but none has it
+
+
+def test_npi_search_key_inside_a_matching_sequence_is_matched_only_if_a_matching_key(dicomweb_client, protocols):
+    # StudyDescription in HangingProtocolDefinitionSequence is no matching key; Modality there is.
+    resp = dicomweb_client.get("/hanging-protocols", {"HangingProtocolDefinitionSequence.StudyDescription": "zzz"},
+                               status=200)
+    assert _uids(resp.json) == protocols
+    assert "returned but not matched: 0072000C.00081030" in resp.headers["Warning"]
+    resp = dicomweb_client.get("/hanging-protocols", {"HangingProtocolDefinitionSequence.StudyDescription": "zzz",
+                                                      "HangingProtocolDefinitionSequence.Modality": "CR"}, status=200)
+    assert _uids(resp.json) == protocols[:2] and "0072000C.00081030" in resp.headers["Warning"]
 
 
 def test_npi_search_xml_multipart(dicomweb_client, protocols):

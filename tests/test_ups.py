@@ -450,6 +450,14 @@ def test_ups_subscribe_workitem_queues_initial_state_report(dicomweb_app, dicomw
     assert len(pending(dicomweb_app, "WATCHER")) == 1  # nothing new after unsubscribing
 
 
+@pytest.mark.parametrize("aetitle, encoded", [("CT%231", "CT%231"), ("A%25B", "A%25B"), ("CT%20A", "CT%20A"),
+                                               ("WATCHER/", "WATCHER")])
+def test_ups_subscribe_content_location_is_the_subscription_uri(dicomweb_client, aetitle, encoded):
+    # RFC 9110 §8.7: a URI; '#', '%' and spaces of an AE title are percent-encoded, a trailing slash dropped.
+    resp = dicomweb_client.post(f"/workitems/{GLOBAL}/subscribers/{aetitle}", status=201)
+    assert resp.headers["Content-Location"] == f"http://localhost:80/workitems/{GLOBAL}/subscribers/{encoded}"
+
+
 def test_ups_subscribe_globally_with_lock_covers_existing_and_new(dicomweb_app, dicomweb_client):
     existing, _ = create(dicomweb_client)
     dicomweb_client.post(f"/workitems/{GLOBAL}/subscribers/MONITOR?deletionlock=true", status=201)

@@ -26,7 +26,7 @@ from typing import Any
 from xml.etree import ElementTree as ET
 
 from ..errors import NotAcceptable, NotFound
-from ..http import Request, Response
+from ..http import Request, Response, supported_methods
 from ..mediatypes import Offer, negotiate
 from ..model import INDEXED, NPI_RESOURCES, Level
 from ..router import Router
@@ -299,5 +299,5 @@ def retrieve_capabilities(req: Request, **_path_values: Any) -> Response:
         resp = Response(200, json.dumps(tree, indent=1).encode("utf-8"), "application/json")
     else:
         resp = Response(200, wadl_document(tree), media_type)
-    resp.add_header("Allow", ", ".join(router.allowed(entry)))
+    resp.add_header("Allow", ", ".join(supported_methods(router.allowed(entry), req.ctx.settings.read_only)))
     return resp

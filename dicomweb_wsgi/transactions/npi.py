@@ -44,19 +44,19 @@ import json
 import logging
 import os
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 import pydicom
 
 from .. import dicomjson, transcode
 from ..errors import BadRequest, DicomStatus, NotAcceptable, NotFound
-from ..http import Request, Response, iter_file
+from ..http import Request, Response, iter_file, more_results_warning, warning_value
 from ..ingest import add_missing_preamble
 from ..mediatypes import Offer, negotiate
 from ..model import NPI_RESOURCES, is_valid_uid
 from ..multipart import multipart_content_type, new_boundary, write_multipart
 from ..query import parse_search, resolve_tag
-from ..storage.base import Outcome, StorageError
+from ..storage.base import Condition, Outcome, StorageError
 from ..storage.sqlite_npi import NpiInstance, NpiRecord
 from .stow import uploaded_files
 from .wado import transcoded
@@ -117,17 +117,27 @@ RETRIEVE_URL = "00081190"
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
+def _tag_path(keyword_path: str) -> tuple[str, ...]:
+    tags = []
+    for name in keyword_path.split("."):
+        tag = resolve_tag(name)
+        assert tag is not None, f"unknown attribute {keyword_path}"
+        tags.append(tag)
+    return tuple(tags)
+
+
 def _top_tag(keyword_path: str) -> str:
-    tag = resolve_tag(keyword_path.split(".")[0])
-    assert tag is not None, f"unknown attribute {keyword_path}"
-    return tag
+    return _tag_path(keyword_path)[0]
 
 
-# The top-level attribute of each matching key: what a search condition may name (a sequence
-# condition carries its item keys inside, matched by ``Condition.matches``).
-MATCHING_TAGS: dict[str, frozenset[str]] = {
-    resource: frozenset(_top_tag(name) for name in COMMON_MATCHING + model.matching)
+# The tag path of each matching key: what a search condition may name, down to the attribute
+# inside a sequence (a sequence condition carries its item keys inside, matched by ``Condition.matches``).
+MATCHING_PATHS: dict[str, frozenset[tuple[str, ...]]] = {
+    resource: frozenset(_tag_path(name) for name in COMMON_MATCHING + model.matching)
     for resource, model in MODELS.items()}
+# The top-level attribute of each matching key: returned by default.
+MATCHING_TAGS: dict[str, frozenset[str]] = {
+    resource: frozenset(path[0] for path in paths) for resource, paths in MATCHING_PATHS.items()}
 assert set(MODELS) == set(NPI_RESOURCES), "every NPI resource needs a search model"
 
 
@@ -310,16 +320,12 @@ def _store_response(req: Request, resource: str, outcomes: list[_Outcome], media
     resp = _dataset_response([body], media_type, multipart, status, array=False)
     reasons = sorted({o.reason for o in outcomes if o.failure is not None})
     if reasons:
-        _warn(resp, "; ".join(reasons))
+        resp.add_header("Warning", warning_value(req.base_url, "; ".join(reasons)))
     return resp
 
 
 def _ui(value: str | None) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]} if value else {"vr": "UI"}
-
-
-def _warn(resp: Response, text: str) -> None:
-    resp.add_header("Warning", '299 dicomweb_wsgi "{}"'.format(text[:500].replace('"', "'").replace("\\", "/")))
 
 
 def _dataset_response(objects: list[dict[str, Any]], media_type: str, multipart: bool,
@@ -409,9 +415,7 @@ def search_npi_instances(req: Request, resource: str) -> Response:
     # The same parsing and PS3.4 C.2.2.2 matching as QIDO-RS; the model's keys decide what may match.
     query = parse_search(req.query, "instance", default_limit=settings.qido_default_limit,
                          max_limit=settings.qido_max_limit)
-    matchable = MATCHING_TAGS[resource]
-    conditions = [c for c in query.conditions if c.tag in matchable]
-    ignored = sorted({c.tag for c in query.conditions} - matchable)
+    conditions, ignored = _matching_conditions(query.conditions, MATCHING_PATHS[resource])
     found, total = req.ctx.archive.npi_index.search(resource, conditions, query.limit, query.offset)
     returned = default_return_tags(resource) | query.return_tags | query.include
     results = []
@@ -429,9 +433,32 @@ def search_npi_instances(req: Request, resource: str) -> Response:
         resp = _dataset_response(results, selection.offer.media_type, selection.offer.multipart)
     remaining = total - query.offset - len(results)
     if remaining > 0:
-        # PS3.18 §8.3.4.4: say how many more results there are
-        resp.add_header("Warning", f"299 dicomweb_wsgi: There are {remaining} additional results "
-                                   "that can be requested")
+        resp.add_header("Warning", more_results_warning(req.base_url, remaining))
     if ignored:
-        _warn(resp, f"not matching keys of /{resource}, returned but not matched: {', '.join(ignored)}")
+        resp.add_header("Warning", warning_value(
+            req.base_url, f"not matching keys of /{resource}, returned but not matched: {', '.join(ignored)}"))
     return resp
+
+
+def _matching_conditions(conditions: Sequence[Condition], matching: frozenset[tuple[str, ...]],
+                         prefix: tuple[str, ...] = ()) -> tuple[list[Condition], list[str]]:
+    """The conditions on the resource's matching keys, and the dotted tag paths of the others.
+
+    A key is compared by its whole path, so a key inside a matching sequence that is no matching
+    key itself (``HangingProtocolDefinitionSequence.StudyDescription``) is left out too; a sequence
+    condition left with no item keys is dropped.
+    """
+    kept: list[Condition] = []
+    ignored: list[str] = []
+    for condition in conditions:
+        path = prefix + (condition.tag,)
+        if condition.items:
+            items, dropped = _matching_conditions(condition.items, matching, path)
+            ignored += dropped
+            if items:
+                kept.append(replace(condition, items=tuple(items)))
+        elif path in matching:
+            kept.append(condition)
+        else:
+            ignored.append(".".join(path))
+    return kept, sorted(ignored)

@@ -32,11 +32,10 @@ import json
 import re
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..dicomjson import BASE_PLACEHOLDER, dumps, json_to_xml, loads
 from ..errors import NotAcceptable, PayloadTooLarge
-from ..http import Request, Response
+from ..http import Request, Response, more_results_warning
 from ..mediatypes import Offer, negotiate
 from ..model import EVERY_LEVEL_TAGS, INDEXED, Level
 from ..multipart import multipart_content_type, new_boundary, write_multipart
@@ -61,7 +60,6 @@ INSTANCE_ATTRIBUTES = {a.tag: a for a in INDEXED if a.level is Level.INSTANCE}
 CHARACTER_SET = {"vr": "CS", "Value": ["ISO_IR 192"]}
 ONLINE = {"vr": "CS", "Value": ["ONLINE"]}
 _RANK = {"study": 0, "series": 1, "instance": 2}
-_AGENT_UNSAFE = re.compile(r"[^A-Za-z0-9.:\-\[\]]")
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -96,9 +94,7 @@ def _search(req: Request, level: str, study_uid: str | None = None, series_uid: 
     headers = []
     if result.remaining > 0:
         # PS3.18 §8.3.4.4: tell the client that a further page exists.
-        agent = _AGENT_UNSAFE.sub("", urlsplit(req.base_url).netloc) or "-"
-        headers.append(("Warning", f'299 {agent} "There are {result.remaining} additional results that can '
-                                   f'be requested"'))
+        headers.append(("Warning", more_results_warning(req.base_url, result.remaining)))
     if selection.offer.media_type == "application/dicom+xml":
         if not results:
             return Response(204, headers=headers)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import generate_uid
@@ -389,7 +389,9 @@ def subscribe(req: Request, workitem_uid: str, aetitle: str) -> Response:
     elif not store.subscribe(aetitle, workitem_uid, lock, initial):
         raise _missing(req, workitem_uid)
     resp = Response(201)
-    resp.add_header("Content-Location", f"{req.base_url}{req.path}")
+    # RFC 9110 §8.7: a URI reference; AE titles may hold '#', '%', '?' and spaces.
+    resp.add_header("Content-Location",
+                    f"{req.base_url}/workitems/{workitem_uid}/subscribers/{quote(aetitle, safe='')}")
     return resp
 
 
