@@ -150,6 +150,7 @@ _INT_RANGES = {
     "US": (0, 0xFFFF), "SS": (-0x8000, 0x7FFF), "UL": (0, 0xFFFFFFFF),
     "SL": (-0x80000000, 0x7FFFFFFF), "SV": (-(1 << 63), (1 << 63) - 1), "UV": (0, (1 << 64) - 1),
 }
+_IS_RANGE = (-0x80000000, 0x7FFFFFFF)  # PS3.5 Table 6.2-1
 _INTEGER_VRS = frozenset({"IS", "US", "SS", "UL", "SL", "SV", "UV"})
 # ASCII-only string VRs (PS3.5 6.1.2.3: default repertoire); leading/trailing spaces are padding
 _LATIN_MULTI_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
@@ -639,7 +640,11 @@ def json_to_dataset(
     ``BulkDataURI`` values are resolved through ``bulk_loader(uri)``, which returns the value
     bytes (numbers little endian; text in UTF-8 per PS3.18 F.2.2 note 4). Group 0002 attributes,
     if present, go to ``ds.file_meta``. DS/IS values may be numbers or strings; strings that are
-    not valid DS/IS are kept verbatim. Malformed input raises :class:`BadRequest`.
+    not valid DS/IS are kept verbatim, a DS number is written in at most 16 characters. Malformed
+    input raises :class:`BadRequest`, and so does a value DICOM cannot encode as sent: a number
+    outside the range of its VR (FL, US, SS, UL, SL, UV, SV; IS numbers), or one value holding a
+    delimiter (a backslash in a multi-valued string VR, ``=`` in a PN component group), which
+    would otherwise become several values or groups.
     """
     if not isinstance(obj, dict):
         raise BadRequest("a DICOM JSON dataset must be a JSON object")
@@ -756,7 +761,21 @@ def _build_element(
     if vr in _CHARSET_SINGLE_VRS or vr == "UR":
         if len(texts) > 1:
             raise BadRequest(f"attribute {name}: VR {vr} is single-valued")
+    else:
+        for text in texts:
+            _refuse_delimiter(text, "\\", vr, name)
     return DataElement(tag, vr, _one_or_list(texts), validation_mode=ignore)
+
+
+def _refuse_delimiter(text: str, delimiters: str, vr: str, name: str) -> None:
+    """Refuse one JSON value holding a DICOM delimiter: written as is, it would silently become
+    several values (backslash) or Person Name component groups (``=``)."""
+    # PS3.5 6.2 (Table 6.2-1): a backslash separates the values of the multi-valued string VRs
+    # (only LT, ST, UT and UR may hold one); "=" separates PN component groups
+    for delimiter in delimiters:
+        if delimiter in text:
+            raise BadRequest(f"attribute {name}: {vr} value {text[:64]!r} contains the delimiter "
+                             f"{delimiter!r}, which DICOM does not allow inside one value")
 
 
 def _one_or_list(values: list[Any]) -> Any:
@@ -827,16 +846,28 @@ def _number_to_text(vr: str, v: Any, name: str) -> str:
     if isinstance(v, bool):
         raise BadRequest(f"attribute {name}: {vr} value {v!r} is not a number")
     if isinstance(v, str):
+        _refuse_delimiter(v, "\\", vr, name)
         return v.strip(" ")
-    if isinstance(v, int):
-        return str(v)
     if isinstance(v, float):
         if not math.isfinite(v):
             raise BadRequest(f"attribute {name}: {vr} value {v!r} is not finite")
         if vr == "IS":
             if not v.is_integer():
                 raise BadRequest(f"attribute {name}: IS value {v!r} is not an integer")
-            return str(int(v))
+            v = int(v)
+    if isinstance(v, int):
+        if vr == "IS":
+            if not _IS_RANGE[0] <= v <= _IS_RANGE[1]:
+                raise BadRequest(f"attribute {name}: IS value {v} is out of range (-2^31 to 2^31-1)")
+            return str(v)
+        text = str(v)
+        if len(text) <= 16:  # PS3.5 Table 6.2-1: a DS is at most 16 bytes
+            return text
+        try:
+            v = float(v)
+        except OverflowError:
+            raise BadRequest(f"attribute {name}: DS value {text[:32]}... is out of range") from None
+    if isinstance(v, float):
         text = repr(v)
         return text if len(text) <= 16 else format_number_as_ds(v)
     raise BadRequest(f"attribute {name}: {vr} value {v!r} is not a number")
@@ -846,9 +877,15 @@ def _binary_number(vr: str, v: Any, name: str) -> int | float:
     if vr in ("FL", "FD"):
         if isinstance(v, str) and v in _NON_FINITE:
             return _NON_FINITE[v]
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            return float(v)
-        raise BadRequest(f"attribute {name}: {vr} value {v!r} is not a number")
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise BadRequest(f"attribute {name}: {vr} value {v!r} is not a number")
+        try:
+            number = float(v)
+            if vr == "FL":
+                struct.pack("<f", number)  # raises OverflowError beyond the 32-bit float range
+        except OverflowError:
+            raise BadRequest(f"attribute {name}: {vr} value {str(v)[:32]} is out of range") from None
+        return number
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     elif isinstance(v, str) and vr in ("SV", "UV") and _INT_RE.match(v.strip()):
@@ -865,6 +902,7 @@ def _pn_from_json(v: Any, name: str) -> str:
     if v is None:
         return ""
     if isinstance(v, str):  # not Annex F, but some servers send it: accept the PS3.5 form
+        _refuse_delimiter(v, "\\", "PN", name)
         return v
     if not isinstance(v, dict):
         raise BadRequest(f"attribute {name}: PN value {v!r} is not an object")
@@ -875,6 +913,7 @@ def _pn_from_json(v: Any, name: str) -> str:
             text = ""
         if not isinstance(text, str):
             raise BadRequest(f"attribute {name}: PN {group} must be a string")
+        _refuse_delimiter(text, "\\=", "PN", name)
         groups.append(text)
     return "=".join(groups).rstrip("=")
 

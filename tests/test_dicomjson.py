@@ -761,6 +761,71 @@ def test_json_to_dataset_malformed_input_bad_request(obj: Any, message: str) -> 
         json_to_dataset(obj, lambda uri: b"\0\0")
 
 
+@pytest.mark.parametrize("obj, message", [
+    ({"00189089": {"vr": "FL", "Value": [1e300]}}, "out of range"),  # beyond the 32-bit float range
+    ({"00189089": {"vr": "FD", "Value": [10 ** 400]}}, "out of range"),
+    ({"00200013": {"vr": "IS", "Value": [1e20]}}, "out of range"),
+    ({"00181050": {"vr": "DS", "Value": [10 ** 400]}}, "out of range"),
+    ({"00100020": {"vr": "LO", "Value": ["a\\b"]}}, "delimiter"),  # one value would become two
+    ({"00080008": {"vr": "CS", "Value": ["ORIGINAL\\PRIMARY"]}}, "delimiter"),
+    ({"00081030": {"vr": "UC", "Value": ["x\\"]}}, "delimiter"),
+    ({"00181050": {"vr": "DS", "Value": ["1\\2"]}}, "delimiter"),
+    ({"00100010": {"vr": "PN", "Value": [{"Alphabetic": "A=B^C"}]}}, "delimiter"),  # would become 2 groups
+    ({"00100010": {"vr": "PN", "Value": [{"Ideographic": "A\\B"}]}}, "delimiter"),
+    ({"00100010": {"vr": "PN", "Value": ["Doe^John\\Roe^Jane"]}}, "delimiter"),
+    ({"0040A730": {"vr": "SQ", "Value": [{"00100020": {"vr": "LO", "Value": ["a\\b"]}}]}}, "0040A730/0/00100020"),
+])
+def test_json_to_dataset_value_dicom_cannot_encode_as_sent_bad_request(obj: Any, message: str) -> None:
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        json_to_dataset(obj)
+
+
+def _written_and_read_back(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` through json_to_dataset, a PS3.10 file written by pydicom and dataset_to_json."""
+    ds = json_to_dataset(obj)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=False)
+    buffer.seek(0)
+    return dataset_to_json(pydicom.dcmread(buffer, force=True), bulk_prefix=None)[0]
+
+
+@pytest.mark.parametrize("vr, limits, beyond", [
+    ("FL", [3.4028234663852886e38, -3.4028234663852886e38], [3.5e38, -1e300]),
+    ("IS", [2 ** 31 - 1, -(2 ** 31)], [2 ** 31, -(2 ** 31) - 1]),  # PS3.5 Table 6.2-1
+])
+def test_json_to_dataset_number_range_ends_at_the_vr_limits(vr: str, limits: list[Any], beyond: list[Any]) -> None:
+    tag = "00189089" if vr == "FL" else "00200013"
+    obj = {tag: {"vr": vr, "Value": limits}}
+    assert _written_and_read_back(obj) == obj
+    for value in beyond:
+        with pytest.raises(BadRequest, match=f"attribute {tag}: {vr} value .* is out of range"):
+            json_to_dataset({tag: {"vr": vr, "Value": [value]}})
+
+
+def test_json_to_dataset_backslash_refused_only_where_it_delimits_values() -> None:
+    # PS3.5 6.2: LT, ST, UT and UR may hold a backslash; the other string VRs delimit values with it
+    obj = {
+        "00081190": {"vr": "UR", "Value": ["file:///a\\b"]},
+        "00204000": {"vr": "LT", "Value": ["C:\\dir\\file"]},
+        "00321060": {"vr": "LO", "Value": ["a", "b"]},
+        "40084000": {"vr": "ST", "Value": ["x\\y"]},
+        "0040A160": {"vr": "UT", "Value": ["\\"]},
+    }
+    assert _written_and_read_back(obj) == obj
+    with pytest.raises(BadRequest, match=r"attribute 00321060: LO value 'a\\\\b' contains the delimiter"):
+        json_to_dataset({"00321060": {"vr": "LO", "Value": ["a\\b"]}})
+
+
+def test_json_to_dataset_ds_integer_numbers_written_in_16_characters() -> None:
+    numbers = [12345678901234567, -12345678901234567, 1234567890123456]
+    ds = json_to_dataset({"00280030": {"vr": "DS", "Value": numbers}})
+    # PS3.5 Table 6.2-1: a DS is at most 16 bytes; one that fits is kept as sent
+    assert [str(v) for v in ds.PixelSpacing] == ["1.2345678901e+16", "-1.234567890e+16", "1234567890123456"]
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx(numbers)
+
+
 def test_json_to_dataset_bulk_uri_without_loader_bad_request() -> None:
     with pytest.raises(BadRequest, match="no bulk data"):
         json_to_dataset({"7FE00010": {"vr": "OW", "BulkDataURI": "cid:1"}})
@@ -979,6 +1044,20 @@ def test_xml_to_json_then_json_to_dataset_builds_stow_dataset() -> None:
     assert ds.PatientName[0].family_name == "Yamada"
     assert ds[0x0040A730].value[0][0x00420011].value == b"\0\0"
     assert ds.PixelData == b"\0\0"
+
+
+@pytest.mark.parametrize("attribute, message", [
+    ('<DicomAttribute tag="00189089" vr="FL"><Value number="1">1e300</Value></DicomAttribute>', "out of range"),
+    ('<DicomAttribute tag="00200013" vr="IS"><Value number="1">2147483648</Value></DicomAttribute>',
+     "out of range"),
+    ('<DicomAttribute tag="00100020" vr="LO"><Value number="1">a\\b</Value></DicomAttribute>', "delimiter"),
+    ('<DicomAttribute tag="00100010" vr="PN"><PersonName number="1"><Alphabetic><FamilyName>A=B</FamilyName>'
+     '</Alphabetic></PersonName></DicomAttribute>', "delimiter"),
+])
+def test_xml_to_json_then_json_to_dataset_refuses_what_dicom_cannot_encode(attribute: str, message: str) -> None:
+    document = f'<NativeDicomModel xmlns="{XML_NAMESPACE}">{attribute}</NativeDicomModel>'.encode()
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        json_to_dataset(xml_to_json(document))
 
 
 # --------------------------------------------------------------------------- select / dumps

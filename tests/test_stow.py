@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pydicom
 import pytest
@@ -116,6 +117,25 @@ def test_stow_malformed_requests_are_rejected_without_traces(dicomweb_app, dicom
     assert resp.text.strip()
     assert _blob_files(dicomweb_app) == []
     assert _spool_files(dicomweb_app) == []
+
+
+def test_stow_warning_header_is_one_line_of_printable_ascii(dicomweb_client):
+    """The reasons quote client text (here BulkDataURIs with non-ASCII, a backslash and a quote); a header
+    value cannot carry it (PEP 3333: Latin-1; RFC 9110 §5.5: no CR/LF), so it is replaced."""
+    study = new_uid()
+    metas = [{**make_dataset(study_uid=study).to_json_dict(bulk_data_threshold=1 << 30),
+              "7FE00010": {"vr": "OW", "BulkDataURI": uri}}
+             for uri in ("https://client.example/\u03a9mega\u2028x", 'cid:a\\b"c\\')]
+    body = (b"--b0\r\nContent-Type: application/dicom+json\r\n\r\n" + json.dumps(metas).encode()
+            + b"\r\n--b0--\r\n")
+    resp = dicomweb_client.post("/studies", body, status=409, headers={
+        "Content-Type": 'multipart/related; type="application/dicom+json"; boundary=b0'})
+    assert [f["00081197"]["Value"][0] for f in _seq(resp.json, "00081198")] == [0xC000, 0xC000]
+    warning = resp.headers["Warning"]
+    assert warning.isascii() and warning.isprintable(), warning
+    match = re.fullmatch(r'299 \S+ "((?:[^"\\]|\\.)*)"', warning)  # one quoted-string (RFC 9110 §5.6.4)
+    assert match, warning
+    assert "no bulk data part" in match.group(1) and "client.example/?mega" in match.group(1)
 
 
 def test_stow_missing_content_type_returns_415(dicomweb_client):

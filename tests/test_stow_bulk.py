@@ -8,6 +8,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
+import sys
+import tempfile
 
 import numpy as np
 import pydicom
@@ -17,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 
 from dicomweb_wsgi import dicomjson
+from dicomweb_wsgi.transactions import stow_bulk
 from dicomweb_wsgi.testing import dataset_bytes, make_dataset, new_uid, read_dataset
 
 BOUNDARY = "stow-bulk-7c1e"
@@ -133,16 +137,22 @@ def test_stow_json_to_other_study_is_409(dicomweb_client):
     assert resp.json["00081198"]["Value"][0]["00081155"]["Value"] == [ds.SOPInstanceUID]
 
 
+def _post_one_coerced(client, metas: list[dict], coerced: str, plain: str):
+    """POST the metadata; only ``coerced`` carries Warning Reason 0xB000 and the answer is 202."""
+    resp = _post(client, _body([({"Content-Type": "application/dicom+json"}, json.dumps(metas).encode())]),
+                 status=202)  # PS3.18 §10.5.3: stored, with a warning
+    items = {i["00081155"]["Value"][0]: i for i in resp.json["00081199"]["Value"]}
+    assert items[coerced]["00081196"]["Value"] == [0xB000]  # Coercion of Data Elements
+    assert "00081196" not in items[plain]
+    return resp
+
+
 def test_stow_json_non_latin_text_stored_as_utf8_with_the_coercion_recorded_and_reported(dicomweb_client):
     ds = read_dataset(dataset_bytes(make_dataset(SpecificCharacterSet="ISO_IR 100")))
     ds.PatientName = "Wang^XiaoDong=王^小東"  # not in the declared ISO_IR 100
     plain = read_dataset(dataset_bytes(make_dataset(SpecificCharacterSet="ISO_IR 100")))
     metas = [d.to_json_dict(bulk_data_threshold=1 << 30) for d in (ds, plain)]
-    resp = _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps(metas).encode())]),
-                 status=202)  # PS3.18 §10.5.3: stored, with a warning
-    items = {i["00081155"]["Value"][0]: i for i in resp.json["00081199"]["Value"]}
-    assert items[ds.SOPInstanceUID]["00081196"]["Value"] == [0xB000]  # Coercion of Data Elements
-    assert "00081196" not in items[plain.SOPInstanceUID]
+    resp = _post_one_coerced(dicomweb_client, metas, ds.SOPInstanceUID, plain.SOPInstanceUID)
     assert "ISO_IR 100" in resp.headers["Warning"]
     got = _retrieve(dicomweb_client, ds)
     assert got.SpecificCharacterSet == "ISO_IR 192"
@@ -154,6 +164,32 @@ def test_stow_json_non_latin_text_stored_as_utf8_with_the_coercion_recorded_and_
     assert "OriginalAttributesSequence" not in _retrieve(dicomweb_client, plain)
 
 
+@pytest.mark.parametrize("charset, tag, attr", [
+    (["ISO 2022 IR 100"], "00100020", {"vr": "LO", "Value": ["\u03a9mega"]}),  # Greek is not in Latin-1
+    ([None, "ISO 2022 IR 87"], "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Taro",
+                                                                    "Ideographic": "\u5c71\u7530^\U0001F600"}]}),
+])
+def test_stow_json_iso2022_text_the_set_cannot_carry_stored_as_utf8_with_the_coercion_reported(
+        dicomweb_client, charset, tag, attr):
+    study = new_uid()
+    coerced, plain = (read_dataset(dataset_bytes(make_dataset(study_uid=study))) for _ in range(2))
+    metas = [d.to_json_dict(bulk_data_threshold=1 << 30) for d in (coerced, plain)]
+    metas[0].update({"00080005": {"vr": "CS", "Value": charset}, tag: attr})
+    carried = {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Tarou", "Ideographic": "\u5c71\u7530^\u592a\u90ce"}]}
+    metas[1].update({"00080005": {"vr": "CS", "Value": [None, "ISO 2022 IR 87"]}, "00100010": carried})
+    resp = _post_one_coerced(dicomweb_client, metas, coerced.SOPInstanceUID, plain.SOPInstanceUID)
+    assert "ISO 2022 IR" in resp.headers["Warning"]
+    got = _retrieve(dicomweb_client, coerced)
+    assert got.SpecificCharacterSet == "ISO_IR 192"
+    assert dicomjson.dataset_to_json(got, bulk_prefix=None)[0][tag] == attr  # not "?"
+    (record,) = got.OriginalAttributesSequence  # the value it replaced (PS3.3 C.12.1.1.9)
+    original = record.ModifiedAttributesSequence[0].SpecificCharacterSet
+    assert "\\".join([original] if isinstance(original, str) else original) == "\\".join(c or "" for c in charset)
+    kept = _retrieve(dicomweb_client, plain)  # ISO 2022 IR 87 carries these kanji: left as sent
+    assert kept.SpecificCharacterSet == ["", "ISO 2022 IR 87"] and "OriginalAttributesSequence" not in kept
+    assert dicomjson.dataset_to_json(kept, bulk_prefix=None)[0]["00100010"] == carried
+
+
 def test_stow_json_content_id_reference_resolved(dicomweb_client):
     original = read_dataset(dataset_bytes(make_dataset()))
     meta = original.to_json_dict(bulk_data_threshold=1 << 30)
@@ -163,6 +199,83 @@ def test_stow_json_content_id_reference_resolved(dicomweb_client):
                    original.PixelData)])
     _post(dicomweb_client, body)
     _assert_same(_retrieve(dicomweb_client, original), original)
+
+
+@pytest.mark.parametrize("content_type", [JSON_TYPE, XML_TYPE])
+@pytest.mark.parametrize("tag, attr, reason", [
+    ("00189089", {"vr": "FL", "Value": [1e300]}, "out of range"),  # beyond the 32-bit float range
+    ("00200013", {"vr": "IS", "Value": [2 ** 31]}, "out of range"),  # PS3.5 Table 6.2-1: -2^31 .. 2^31-1
+    ("00100020", {"vr": "LO", "Value": ["a\\b"]}, "delimiter"),  # one value would become two
+    ("00100010", {"vr": "PN", "Value": [{"Alphabetic": "A=B^C"}]}, "delimiter"),  # ... or two groups
+])
+def test_stow_value_dicom_cannot_encode_fails_only_that_instance_with_c000(dicomweb_client, dicomweb_app,
+                                                                          content_type, tag, attr, reason):
+    study = new_uid()
+    good, bad = (read_dataset(dataset_bytes(make_dataset(study_uid=study))) for _ in range(2))
+    metas = [d.to_json_dict(bulk_data_threshold=1 << 30) for d in (good, bad)]
+    metas[1][tag] = attr
+    if content_type == JSON_TYPE:
+        parts = [({"Content-Type": "application/dicom+json"}, json.dumps(metas).encode())]
+    else:
+        parts = [({"Content-Type": "application/dicom+xml"}, dicomjson.json_to_xml(m)) for m in metas]
+    resp = _post(dicomweb_client, _body(parts), content_type=content_type, status=202)
+    (failed,) = resp.json["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [bad.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0xC000]  # not 0xA700 Out of Resources: the client's value is bad
+    warning = resp.headers["Warning"]
+    assert f"attribute {tag}" in warning and reason in warning
+    assert [i["00081155"]["Value"] for i in resp.json["00081199"]["Value"]] == [[good.SOPInstanceUID]]
+    _assert_same(_retrieve(dicomweb_client, good), good)
+    assert _spool_is_empty(dicomweb_app)
+
+
+def test_stow_json_ds_integer_number_longer_than_16_characters_stored_within_16_bytes(dicomweb_client):
+    ds = read_dataset(dataset_bytes(make_dataset()))
+    meta = ds.to_json_dict(bulk_data_threshold=1 << 30)
+    meta["00101030"] = {"vr": "DS", "Value": [12345678901234567]}
+    _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode())]))
+    value = _retrieve(dicomweb_client, ds).get_item(0x00101030).value  # the bytes as stored
+    assert len(value.strip()) <= 16  # PS3.5 Table 6.2-1
+    assert float(value) == pytest.approx(12345678901234567)
+
+
+def _full_disk_for_built_instances(real_mkstemp):
+    """mkstemp whose files for the instances stow_bulk builds (not the request's parts) write to
+    /dev/full: every write fails with ENOSPC."""
+    def mkstemp(*args, **kwargs):
+        fd, path = real_mkstemp(*args, **kwargs)
+        if sys._getframe(1).f_code is stow_bulk._write_instance.__code__:
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, path
+    return mkstemp
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_stow_json_encoding_error_is_c000_and_only_a_failing_write_is_a700(dicomweb_client, dicomweb_app,
+                                                                          monkeypatch):
+    # a JPEG frame header with 0 bits per sample: High Bit becomes -1, which pydicom cannot write as US
+    ds = read_dataset(dataset_bytes(make_dataset()))
+    meta = ds.to_json_dict(bulk_data_threshold=1 << 30)
+    for tag in PIXEL_DESCRIPTION:
+        meta.pop(tag, None)
+    meta["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://client.example/p"}
+    jpeg = b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 0, 8, 8, 1) + b"\x01\x11\x00\xff\xd9"
+    pixels = {"Content-Type": "image/jpeg", "Content-Location": "https://client.example/p"}
+    resp = _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode()),
+                                         (pixels, jpeg)]), status=409)
+    assert resp.json["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]
+    assert "cannot encode the instance" in resp.headers["Warning"] and "Traceback" not in resp.headers["Warning"]
+    # a full disk while the instance is written is Out of Resources (PS3.18 §10.5.3)
+    monkeypatch.setattr(tempfile, "mkstemp", _full_disk_for_built_instances(tempfile.mkstemp))
+    good = read_dataset(dataset_bytes(make_dataset(rows=128, columns=128)))  # larger than the write buffer
+    bulk: dict[str, bytes] = {}
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([_metadata(good, bulk)]).encode())]
+                 + _octet_parts(bulk))
+    resp = _post(dicomweb_client, body, status=503)
+    assert resp.json["00081198"]["Value"][0]["00081197"]["Value"] == [0xA700]
+    assert "no space left on device" in resp.headers["Warning"].lower()
+    assert _spool_is_empty(dicomweb_app)
 
 
 # -- compressed pixel data parts -------------------------------------------------------------------

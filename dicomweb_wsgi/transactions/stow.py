@@ -21,7 +21,7 @@ from typing import Iterator
 from .. import dicomjson
 from ..archive import StoreResult
 from ..errors import BadRequest, DicomStatus, NotAcceptable, UnsupportedMediaType
-from ..http import Request, Response
+from ..http import Request, Response, warning_value
 from ..mediatypes import MediaType, Offer, negotiate, parse_media_type
 from ..multipart import Part, read_multipart, spool_file
 from . import stow_bulk
@@ -167,8 +167,8 @@ def _response(req: Request, results: list[StoreResult], study_uid: str | None, m
     if reasons:
         # The machine-readable reasons are in FailedSOPSequence (Failure Reason) and ReferencedSOPSequence
         # (Warning Reason); the Warning header says it in words.
-        text = "; ".join(reasons)[:500].replace('"', "'")
-        resp.add_header("Warning", f'299 dicomweb_wsgi "{text}"')
+        # warning_value keeps it one line of printable ASCII: the reasons quote client text
+        resp.add_header("Warning", warning_value(base, "; ".join(reasons)))
     if media_type == "application/dicom+xml":
         xml = dicomjson.json_to_xml(body)
         if multipart:

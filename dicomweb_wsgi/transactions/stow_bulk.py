@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import pydicom
-from pydicom.charset import convert_encodings
+from pydicom.charset import convert_encodings, decode_bytes, encode_string
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.multival import MultiValue
@@ -66,6 +66,9 @@ _JPEG_TYPES = ("image/jpeg", "image/jls")
 _J2K_TYPES = {"image/jp2": (J2K_LOSSLESS, J2K), "image/jpx": (J2K_MC_LOSSLESS, J2K_MC),
               "image/jphc": (HTJ2K_LOSSLESS, HTJ2K)}
 _FRAMES_RE = re.compile(r"/frames/(\d{1,9})$")
+_PN_SEPARATORS = re.compile(r"[=^]")
+# PS3.5 6.1.2.5.3: after these, an ISO 2022 code extension falls back to the first character set
+_TEXT_DELIMITERS = {0x09, 0x0A, 0x0C, 0x0D}
 
 
 class _InstanceFailure(Exception):
@@ -244,12 +247,44 @@ def _write_instance(obj: dict[str, Any], bulk: _BulkParts, spool_dir: str) -> tu
         raise _InstanceFailure(DicomStatus.OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            pydicom.dcmwrite(fh, ds, enforce_file_format=True)
-    except Exception as exc:
+            sink = _WatchedFile(fh)
+            try:
+                pydicom.dcmwrite(sink, ds, enforce_file_format=True)
+            except Exception as exc:
+                if sink.error is not None:
+                    raise sink.error from None
+                # pydicom reports a value it cannot encode as OSError too: it is the instance's fault
+                message = str(exc).strip().splitlines()
+                raise _InstanceFailure(DicomStatus.CANNOT_UNDERSTAND, "cannot encode the instance: "
+                                       + (message[0] if message else type(exc).__name__)) from None
+    except OSError as exc:
         os.unlink(path)
-        code = DicomStatus.OUT_OF_RESOURCES if isinstance(exc, OSError) else DicomStatus.CANNOT_UNDERSTAND
-        raise _InstanceFailure(code, f"cannot write the instance: {exc}") from None
+        raise _InstanceFailure(DicomStatus.OUT_OF_RESOURCES, f"cannot write the instance: {exc}") from None
+    except BaseException:
+        os.unlink(path)
+        raise
     return path, coercion
+
+
+class _WatchedFile:
+    """A binary file whose write failures are remembered.
+
+    pydicom wraps every error raised while it writes a value (an unencodable number as well as a
+    full disk) into a new ``OSError``; this tells the genuine I/O failures (0xA700) apart."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
 
 
 def _choose_charset(ds: Dataset, obj: dict[str, Any]) -> str | None:
@@ -257,18 +292,14 @@ def _choose_charset(ds: Dataset, obj: dict[str, Any]) -> str | None:
     declared = ds.get("SpecificCharacterSet") or ""
     terms = [str(t) for t in declared] if isinstance(declared, (list, MultiValue)) \
         else [str(declared)]
-    if any("2022" in t or t == "ISO_IR 192" for t in terms):
+    if "ISO_IR 192" in terms:
         return None
     try:
-        encoding = convert_encodings([t for t in terms if t] or ["ISO_IR 6"])[0]
+        encodings = convert_encodings(terms if any(terms) else ["ISO_IR 6"])
     except Exception:
-        encoding = "ascii"
-    try:
-        for text in _texts(obj):
-            text.encode(encoding)
+        encodings = ["ascii"]
+    if all(_carries(encodings, text, vr) for text, vr in _texts(obj)):
         return None
-    except (UnicodeEncodeError, LookupError):
-        pass
     _record_original(ds, "SpecificCharacterSet", "COERCE")
     ds.SpecificCharacterSet = "ISO_IR 192"
     shown = "\\".join(terms) or "none (ISO_IR 6)"
@@ -291,16 +322,32 @@ def _record_original(ds: Dataset, keyword: str, reason: str) -> None:
     ds.OriginalAttributesSequence = [*ds.get("OriginalAttributesSequence", []), item]
 
 
-def _texts(value: Any) -> Iterable[str]:
+def _carries(encodings: list[str], text: str, vr: str | None) -> bool:
+    """Whether pydicom writes ``text`` in ``encodings`` (with ISO 2022 escapes) and reads it back
+    unchanged. Its encoder never fails: it replaces what no encoding can carry with "?"."""
+    # pydicom encodes each Person Name component on its own
+    for part in (_PN_SEPARATORS.split(text) if vr == "PN" else [text]):
+        try:
+            if decode_bytes(encode_string(part, encodings), encodings, _TEXT_DELIMITERS) != part:
+                return False
+        except (LookupError, ValueError):  # UnicodeError is a ValueError
+            return False
+    return True
+
+
+def _texts(value: Any, vr: str | None = None) -> Iterable[tuple[str, str | None]]:
+    """Every string of a DICOM JSON object, with the VR of its attribute."""
     if isinstance(value, str):
-        yield value
+        yield value, vr
     elif isinstance(value, list):
         for item in value:
-            yield from _texts(item)
+            yield from _texts(item, vr)
     elif isinstance(value, dict):
+        if isinstance(value.get("vr"), str):
+            vr = value["vr"]
         for key, item in value.items():
             if key not in ("InlineBinary", "BulkDataURI", "vr"):
-                yield from _texts(item)
+                yield from _texts(item, vr)
 
 
 # --------------------------------------------------------------------------------------------
