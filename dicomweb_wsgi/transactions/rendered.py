@@ -52,7 +52,7 @@ from pydicom.sequence import Sequence
 from .. import render, transcode
 from ..errors import BadRequest, NotAcceptable, NotFound
 from ..frames import FrameLayout, read_frame
-from ..http import Request, Response
+from ..http import Request, Response, warning_value
 from ..mediatypes import Offer, negotiate, refuse_dicom_with_rendered
 from ..multipart import multipart_content_type, new_boundary, write_multipart
 from ..storage.base import StoredInstance
@@ -257,7 +257,7 @@ def _rendered(req: Request, insts: list[StoredInstance], frames: list[int] | Non
     else:
         resp = _multipart(req, targets, params, media_type)
     for text in warnings:
-        resp.add_header("Warning", f'299 dicomweb_wsgi "{text}"')
+        resp.add_header("Warning", warning_value(req.base_url, text))
     return resp
 
 

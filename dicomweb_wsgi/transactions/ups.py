@@ -25,14 +25,14 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.uid import generate_uid
 
 from .. import dicomjson, workflow
 from ..errors import BadRequest, Conflict, DicomWebError, NotAcceptable, NotFound, UnsupportedMediaType
-from ..http import Request, Response
+from ..http import Request, Response, more_results_warning, warning_value
 from ..mediatypes import Offer, Selection, negotiate, parse_media_type
 from ..model import is_valid_uid
 from ..multipart import multipart_content_type, new_boundary, write_multipart
@@ -75,23 +75,17 @@ def _now() -> str:
     return datetime.now().strftime("%Y%m%d%H%M%S")
 
 
-def _warning(req: Request, text: str) -> str:
-    """``299 <host> "<text>"`` (RFC 7234 §5.5; the text may not contain a double quote)."""
-    host = urlsplit(req.base_url).netloc or "dicomweb_wsgi"
-    return f'299 {host} "{text[:500].replace(chr(34), chr(39))}"'
-
-
 def _refuse(req: Request, exc: UPSError, errors: Mapping[UPSStatus, type[DicomWebError]]) -> DicomWebError:
     """The HTTP error for a refused UPS request, with its DICOM status in a Warning header."""
     cls = errors.get(exc.status, BadRequest)
-    return cls(str(exc), headers={"Warning": _warning(req, str(exc))})
+    return cls(str(exc), headers={"Warning": warning_value(req.base_url, str(exc))})
 
 
 def _reply(req: Request, http_status: int, ups_status: int, detail: str = "") -> Response:
     """A success response; a UPS warning status (B3xxH) goes in a Warning header."""
     resp = Response(http_status)
     if ups_status:
-        resp.add_header("Warning", _warning(req, workflow.describe(UPSStatus(ups_status), detail)))
+        resp.add_header("Warning", warning_value(req.base_url, workflow.describe(UPSStatus(ups_status), detail)))
     return resp
 
 
@@ -265,9 +259,9 @@ def search_for_workitems(req: Request) -> Response:
     resp = _datasets_response(selection, results, single=False)
     remaining = total - offset - len(results)
     if remaining > 0:
-        resp.add_header("Warning", _warning(req, f"There are {remaining} additional results that can be requested"))
+        resp.add_header("Warning", more_results_warning(req.base_url, remaining))
     if ignored:
-        resp.add_header("Warning", _warning(req, "unsupported query parameters ignored: " + ", ".join(ignored)))
+        resp.add_header("Warning", warning_value(req.base_url, "unsupported query parameters ignored: " + ", ".join(ignored)))
     return resp
 
 
