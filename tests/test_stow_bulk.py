@@ -164,6 +164,22 @@ def test_stow_json_non_latin_text_stored_as_utf8_with_the_coercion_recorded_and_
     assert "OriginalAttributesSequence" not in _retrieve(dicomweb_client, plain)
 
 
+@pytest.mark.parametrize("declared", [None, "ISO_IR 6"])
+def test_stow_json_non_ascii_text_without_a_character_set_is_stored_as_utf8(dicomweb_client, declared):
+    # PS3.5 6.1.2.1: the default repertoire is ASCII; an 'é' there needs a declared character set.
+    ds, plain = (read_dataset(dataset_bytes(make_dataset())) for _ in range(2))
+    metas = [d.to_json_dict(bulk_data_threshold=1 << 30) for d in (ds, plain)]
+    for meta in metas:
+        meta.pop("00080005", None)
+        if declared:
+            meta["00080005"] = {"vr": "CS", "Value": [declared]}
+    metas[0]["00100010"] = {"vr": "PN", "Value": [{"Alphabetic": "Müller^José"}]}
+    _post_one_coerced(dicomweb_client, metas, ds.SOPInstanceUID, plain.SOPInstanceUID)
+    got = _retrieve(dicomweb_client, ds)
+    assert got.SpecificCharacterSet == "ISO_IR 192" and str(got.PatientName) == "Müller^José"
+    assert _retrieve(dicomweb_client, plain).get("SpecificCharacterSet", "") in ("", "ISO_IR 6")  # ASCII: kept
+
+
 @pytest.mark.parametrize("charset, tag, attr", [
     (["ISO 2022 IR 100"], "00100020", {"vr": "LO", "Value": ["\u03a9mega"]}),  # Greek is not in Latin-1
     ([None, "ISO 2022 IR 87"], "00100010", {"vr": "PN", "Value": [{"Alphabetic": "Yamada^Taro",

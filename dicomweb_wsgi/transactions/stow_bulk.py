@@ -295,7 +295,8 @@ def _choose_charset(ds: Dataset, obj: dict[str, Any]) -> str | None:
     if "ISO_IR 192" in terms:
         return None
     try:
-        encodings = convert_encodings(terms if any(terms) else ["ISO_IR 6"])
+        # The default repertoire (no value, or ISO_IR 6) is ASCII, which pydicom reads as Latin-1.
+        encodings = ["ascii"] if terms in ([""], ["ISO_IR 6"]) else convert_encodings(terms)
     except Exception:
         encodings = ["ascii"]
     if all(_carries(encodings, text, vr) for text, vr in _texts(obj)):
