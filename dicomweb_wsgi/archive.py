@@ -33,8 +33,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dicomweb_wsgi.archive")
 
-# Index rows are committed in batches so a request of thousands of instances holds bounded memory.
+# Index rows are committed in batches so a request of thousands of instances holds bounded memory,
+# and at least this often, so a blob waits for its row far less than the shortest sensible gc grace.
 COMMIT_BATCH = 200
+COMMIT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,11 @@ class Archive:
     def open(cls, settings: Settings) -> Archive:
         """The embedded default: SQLite index and file blobs in ``settings.data_dir``."""
         root = os.path.abspath(settings.data_dir)
-        os.makedirs(root, exist_ok=True)
-        blobs = FileBlobStore(os.path.join(root, "blobs"), fsync=settings.fsync)
+        try:
+            os.makedirs(root, exist_ok=True)
+            blobs = FileBlobStore(os.path.join(root, "blobs"), fsync=settings.fsync)
+        except OSError as exc:
+            raise StorageError(f"cannot use the data folder {root}: {exc.strerror or exc}") from exc
         index = SqliteIndex(os.path.join(root, "index.sqlite3"), synchronous=settings.sqlite_synchronous)
         return cls(index, blobs, settings)
 
@@ -124,6 +129,7 @@ class Archive:
 
     def _store_all(self, paths: Iterable[str], expected_study: str | None,
                    pending: list[tuple[Prepared, Future[str] | str]]) -> Iterator[StoreResult]:
+        batch_started = time.monotonic()
         for path in paths:
             if pending and isinstance(pending[-1][1], str):  # another part follows: its blob goes to the pool
                 pending[-1] = (pending[-1][0], self._put_soon(pending[-1][1]))
@@ -146,8 +152,10 @@ class Archive:
                                   f"StudyInstanceUID {prepared.study_uid} does not match the target study "
                                   f"{expected_study}")
                 continue
+            if not pending:
+                batch_started = time.monotonic()
             pending.append((prepared, path))
-            if len(pending) >= COMMIT_BATCH:
+            if len(pending) >= COMMIT_BATCH or time.monotonic() - batch_started >= COMMIT_SECONDS:
                 batch = pending[:]
                 pending.clear()
                 yield from self._commit(batch)
@@ -230,7 +238,8 @@ class Archive:
         return len(keys)
 
     def gc(self, grace_seconds: float = 3600.0) -> int:
-        """Delete blobs no index row points at, older than the grace period (a store may be in flight)."""
+        """Delete blobs no index row points at, older than the grace period (a store may be in flight:
+        its blobs wait at most about ``COMMIT_SECONDS`` for their rows, so the grace must be longer)."""
         cutoff = time.time() - grace_seconds
         known = self.index.blob_keys()
         removed = 0

@@ -117,7 +117,9 @@ class FileBlobStore:
                         st = os.stat(os.path.join(top_path, name))
                     except FileNotFoundError:  # deleted while we looked
                         continue
-                    yield BlobInfo(name, st.st_size, st.st_mtime)
+                    # put() renames a spool file written earlier: the rename sets ctime, not mtime,
+                    # and gc must count a blob's age from when it was put.
+                    yield BlobInfo(name, st.st_size, max(st.st_mtime, st.st_ctime))
 
     def clean_spool(self, older_than: float) -> int:
         """Remove temporary files left by interrupted requests (older than a timestamp)."""
