@@ -24,6 +24,14 @@ class DicomWebError(Exception):
         return f"{self.status} {self.title}"
 
 
+def note_stored(exc: DicomWebError, stored: int) -> DicomWebError:
+    """A store request refused part way: say how many of its instances were stored before (they
+    stay stored and durable; the client must not assume that nothing was)."""
+    if stored:
+        exc.reason = f"{exc.reason} ({stored} complete instances before the error were stored)"
+    return exc
+
+
 class BadRequest(DicomWebError):
     status, title = 400, "Bad Request"
 

@@ -72,13 +72,17 @@ class Request:
         raw = self.environ.get("CONTENT_LENGTH")
         if raw in (None, ""):
             return None
-        try:
-            value = int(raw)
-        except ValueError as exc:
-            raise BadRequest("invalid Content-Length") from exc
-        if value < 0:
+        if not (raw.isascii() and raw.isdigit()):  # RFC 9110 §8.6: 1*DIGIT (int() also takes "+1_0 ")
             raise BadRequest("invalid Content-Length")
-        return value
+        return int(raw)
+
+    def read_body(self, limit: int) -> bytes:
+        """The whole (small) request body; 413 over ``limit``, 400 when it ends before its Content-Length."""
+        stream, length = self.body_stream(limit)
+        data = stream.read(length) if length is not None else stream.read()
+        if length is not None and len(data) < length:
+            raise BadRequest("request body shorter than its Content-Length")
+        return data
 
     def body_stream(self, limit: int) -> tuple[BinaryIO, int | None]:
         """The request body stream and its length; 413 before reading anything if it is too large."""
@@ -179,7 +183,10 @@ class _LimitedReader:
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = self._left + 1
-        data = self._stream.read(min(size, self._left + 1))
+        try:
+            data = self._stream.read(min(size, self._left + 1))
+        except OSError as exc:  # the client went away (servers that stream the body): not our disk
+            raise BadRequest(f"cannot read the request body: {exc.strerror or exc}") from exc
         self._left -= len(data)
         if self._left < 0:
             raise PayloadTooLarge("request body exceeds the configured limit")

@@ -185,7 +185,7 @@ def valid_files() -> list[bytes]:
 def test_hostile_mutated_dicom_part_is_stored_or_refused_never_500(dicomweb_app, valid_files, which, ops):
     data = _mutate(valid_files[which], [(k, 132 + p, c) for k, p, c in ops])  # keep the preamble: reach the parser
     resp = post_checked(dicomweb_app, "/studies", data, "application/dicom")
-    assert resp.status_int in (200, 409), resp.text[:300]
+    assert resp.status_int in ((400,) if not data else (200, 409)), resp.text[:300]  # no body at all: 400
     if resp.status_int == 200:
         # What was accepted is served without a 5xx by every resource that reads it.
         url = resp.json["00081199"]["Value"][0]["00081190"]["Value"][0].replace("http://localhost:80", "")
@@ -651,6 +651,39 @@ def test_hostile_client_gone_mid_body_is_400_and_leaves_nothing(dicomweb_app):
                                         "CONTENT_LENGTH": str(len(body)), "wsgi.input": DroppedInput(body[:-500])})
     assert status.startswith("400") and b"cannot read the request body" in text
     assert state(dicomweb_app) == before
+
+
+@pytest.mark.parametrize("path, content_type", [("/studies", "application/dicom"), ("/workitems", "application/dicom+json"),
+                                                ("/color-palettes", "application/dicom")])
+def test_hostile_client_gone_mid_single_part_body_is_400_not_503_and_leaves_nothing(dicomweb_app, path, content_type):
+    # Servers that stream wsgi.input (waitress buffers it) raise OSError when the client goes away:
+    # that is the request's fault, not a lack of resources (503) and never a 500.
+    data = dataset_bytes(make_dataset())
+    before = state(dicomweb_app)
+    status, text = _call(dicomweb_app, {"REQUEST_METHOD": "POST", "PATH_INFO": path, "CONTENT_TYPE": content_type,
+                                        "CONTENT_LENGTH": str(len(data)), "wsgi.input": DroppedInput(data[:-500])})
+    assert status.startswith("400"), (status, text)
+    assert b"cannot read the request body" in text or b"shorter than its Content-Length" in text, text
+    assert state(dicomweb_app) == before
+
+
+@pytest.mark.parametrize("length", ["0", None])
+def test_hostile_empty_single_part_body_is_400(dicomweb_app, length):
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/studies", "CONTENT_TYPE": "application/dicom",
+               "wsgi.input": io.BytesIO(), "wsgi.input_terminated": True}
+    if length is not None:
+        environ["CONTENT_LENGTH"] = length
+    status, text = _call(dicomweb_app, environ)
+    assert status.startswith("400") and b"empty request body" in text, (status, text)
+
+
+@pytest.mark.parametrize("length", ["1_0", "+10", " 10", "10 ", "0x0a", "１０"])
+def test_hostile_content_length_that_is_not_plain_digits_is_400(dicomweb_app, length):
+    # RFC 9110 §8.6: Content-Length = 1*DIGIT; Python's int() takes more than that.
+    status, text = _call(dicomweb_app, {"REQUEST_METHOD": "POST", "PATH_INFO": "/studies",
+                                        "CONTENT_TYPE": "application/dicom", "CONTENT_LENGTH": length,
+                                        "wsgi.input": io.BytesIO(b"0123456789")})
+    assert status.startswith("400") and b"Content-Length" in text, (status, text)
 
 
 def test_hostile_oversized_content_length_is_413_through_waitress_without_the_body(live):

@@ -330,3 +330,55 @@ def test_stow_file_without_preamble_is_stored_as_ps310(dicomweb_app, dicomweb_cl
                               f"{ds.SOPInstanceUID}", headers={"Accept": "application/dicom"}, status=200)
     assert got.body[128:132] == b"DICM"
     assert pydicom.dcmread(_io.BytesIO(got.body)).SOPInstanceUID == ds.SOPInstanceUID
+
+
+# -- refused part way: the instances of batches already committed are named ---------------------------
+
+@pytest.fixture(scope="module")
+def many_instances() -> list[bytes]:
+    return [dataset_bytes(make_dataset(rows=64, columns=64)) for _ in range(240)]  # more than one batch of 200
+
+
+def _post_raw(app, body: bytes, content_type: str, chunked: bool = False):
+    from .test_hostile import _call
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/studies", "CONTENT_TYPE": content_type,
+               "HTTP_ACCEPT": "application/dicom+json", "wsgi.input": __import__("io").BytesIO(body)}
+    if chunked:
+        environ["wsgi.input_terminated"] = True
+    else:
+        environ["CONTENT_LENGTH"] = str(len(body))
+    return _call(app, environ)
+
+
+@pytest.mark.parametrize("limit", ["max_parts", "max_request_body", "spool"])
+def test_stow_refused_after_a_committed_batch_says_how_many_were_stored(tmp_path, many_instances, monkeypatch,
+                                                                         limit):
+    # A 413 or 503 raised while the body is read, after the first 200 were committed: those stay
+    # stored (they are durable and were not refused), so the answer must say so.
+    content_type, body = stow_body(many_instances)
+    settings = {"data_dir": str(tmp_path / "d"), "fsync": "false"}
+    if limit == "max_parts":
+        settings["max_parts"] = "205"
+    elif limit == "max_request_body":
+        settings["max_request_body"] = str(len(body) - 3000)  # crossed within the last parts
+    app = make_app(settings)
+    if limit == "spool":
+        from dicomweb_wsgi import multipart
+
+        real, made = multipart.tempfile.mkstemp, []
+
+        def mkstemp(*args, **kwargs):
+            made.append(1)
+            if len(made) > 205:
+                raise OSError(28, "No space left on device")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(multipart.tempfile, "mkstemp", mkstemp)
+    try:
+        status, text = _post_raw(app, body, content_type, chunked=limit == "max_request_body")
+        assert status.startswith("503" if limit == "spool" else "413"), (status, text)
+        assert b"(200 complete instances before the error were stored)" in text, text
+        assert app.archive.index.counts()["instances"] == 200
+    finally:
+        app.close()

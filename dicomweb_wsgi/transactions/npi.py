@@ -49,7 +49,7 @@ from typing import Any, BinaryIO, Sequence
 import pydicom
 
 from .. import dicomjson, transcode
-from ..errors import BadRequest, DicomStatus, NotAcceptable, NotFound
+from ..errors import BadRequest, DicomStatus, DicomWebError, NotAcceptable, NotFound, note_stored
 from ..http import Request, Response, iter_file, more_results_warning, warning_value
 from ..ingest import add_missing_preamble
 from ..mediatypes import Offer, negotiate
@@ -207,10 +207,12 @@ def store_npi_instances(req: Request, resource: str, sop_uid: str | None = None)
         if pending:
             outcomes += _commit(req, pending)
             pending.clear()
-    except BaseException:
-        # The body broke off: instances not yet committed leave no trace.
+    except BaseException as exc:
+        # The body broke off: instances not yet committed leave no trace; those committed are named.
         for record in pending:
             _delete_blob(req, record.blob_key)
+        if isinstance(exc, DicomWebError):
+            raise note_stored(exc, sum(1 for o in outcomes if o.failure is None))
         raise
     if not outcomes:
         raise BadRequest("the request contains no parts")

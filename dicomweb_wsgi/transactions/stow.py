@@ -20,7 +20,7 @@ from typing import Iterator
 
 from .. import dicomjson
 from ..archive import StoreResult
-from ..errors import BadRequest, DicomStatus, NotAcceptable, UnsupportedMediaType
+from ..errors import BadRequest, DicomStatus, DicomWebError, NotAcceptable, UnsupportedMediaType, note_stored
 from ..http import Request, Response, warning_value
 from ..mediatypes import MediaType, Offer, negotiate, parse_media_type
 from ..multipart import Part, read_multipart, spool_file
@@ -59,10 +59,8 @@ def store_instances(req: Request, study_uid: str | None = None) -> Response:
                 result = replace(result, warning=DicomStatus.COERCION_OF_DATA_ELEMENTS,
                                  reason=coerced[result.sop_uid])
             results.append(result)
-    except BadRequest as exc:
-        stored = sum(1 for r in results if r.failure is None)
-        note = f" ({stored} complete instances before the error were stored)" if stored else ""
-        raise BadRequest(f"{exc.reason}{note}") from exc
+    except DicomWebError as exc:  # the body broke off (400), went over a limit (413), or the disk (503)
+        raise note_stored(exc, sum(1 for r in results if r.failure is None))
     finally:
         stow_bulk.discard(built)
     if not results:
@@ -108,17 +106,20 @@ def _read_parts(req: Request, content_type: MediaType, spool_dir: str) -> Iterat
 
 def _spool_body(stream, length: int | None, spool_dir: str) -> str:
     """Write a single-part body to a spool file, in chunks."""
-    left = length
+    left, written = length, 0
     with spool_file(spool_dir) as (out, path):
         while left is None or left > 0:
             data = stream.read(1 << 20 if left is None else min(1 << 20, left))
             if not data:
                 break
             out.write(data)
+            written += len(data)
             if left is not None:
                 left -= len(data)
         if left:
             raise BadRequest("request body shorter than its Content-Length")
+        if not written:
+            raise BadRequest("empty request body: expected one application/dicom instance")
     return path
 
 

@@ -107,8 +107,7 @@ def _decide(req: Request, uid: str, decide: Callable[[WorkitemRecord], Any],
 
 def _read_dataset(req: Request, required: bool = True) -> dict[str, Any]:
     """The request's dataset (DICOM JSON or XML), checked and put in canonical DICOM JSON form."""
-    stream, length = req.body_stream(min(req.ctx.settings.max_request_body, MAX_DATASET_BYTES))
-    data = stream.read(length) if length is not None else stream.read()
+    data = req.read_body(min(req.ctx.settings.max_request_body, MAX_DATASET_BYTES))
     if not data.strip():
         if required:
             raise BadRequest("the request needs a dataset (application/dicom+json or application/dicom+xml)")
