@@ -48,10 +48,17 @@ WAITRESS_INT_KEYS = {"threads", "recv_bytes", "send_bytes", "inbuf_overflow", "o
 
 
 def read_ini(path: str) -> tuple[dict[str, str], dict[str, str]]:
-    """The app settings and the server settings of an ini file."""
+    """The app settings and the server settings of an ini file.
+
+    A file that is not a valid ini file, or whose logging sections ``logging.config.fileConfig``
+    refuses, is a ConfigError naming the file (not a traceback).
+    """
     parser = configparser.ConfigParser(interpolation=None)
-    if not parser.read(path):
-        raise ConfigError(f"cannot read configuration file {path}")
+    try:
+        if not parser.read(path):
+            raise ConfigError(f"cannot read configuration file {path}")
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a valid ini file: {_one_line(exc)}") from exc
     app = dict(parser["app:main"]) if parser.has_section("app:main") else {}
     stray = sorted(k for k in app if not k.startswith("dicomweb.") and k not in ("use", "filter-with"))
     if stray:  # a key that lost its prefix (dicomweb_read_only) would otherwise be silently ignored
@@ -60,14 +67,25 @@ def read_ini(path: str) -> tuple[dict[str, str], dict[str, str]]:
     server = dict(parser["server:main"]) if parser.has_section("server:main") else {}
     server.pop("use", None)
     if parser.has_section("loggers"):
-        logging.config.fileConfig(parser, disable_existing_loggers=False)
+        try:
+            logging.config.fileConfig(parser, disable_existing_loggers=False)
+        except Exception as exc:  # fileConfig evaluates the handlers' args: anything can go wrong, all of it the file's
+            what = f"missing section or key {exc}" if isinstance(exc, KeyError) else _one_line(exc)
+            raise ConfigError(f"{path}: invalid logging configuration: {what}") from exc
     return app, server
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (configparser's span several), with its type if it has none."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 def split_listen(listen: str) -> tuple[str, int]:
+    """(host, port) of ``HOST:PORT``; the port must be 0..65535 (0 picks a free one)."""
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--listen must be HOST:PORT, not {listen!r}")
+    if not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen must be HOST:PORT with a port from 0 to 65535, not {listen!r}")
     return host.strip("[]"), int(port)
 
 
@@ -160,7 +178,12 @@ def waitress_options(server_conf: Mapping[str, Any], settings: Settings) -> dict
     """WAITRESS_DEFAULTS overridden by the ini's ``[server:main]`` keys (listen and workers taken out)."""
     options: dict[str, Any] = dict(WAITRESS_DEFAULTS)
     for key, value in server_conf.items():
-        options[key] = int(value) if key in WAITRESS_INT_KEYS else value
+        if key in WAITRESS_INT_KEYS:
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"[server:main] {key} must be a whole number, not {value!r}") from None
+        options[key] = value
     # waitress must accept at least what the app accepts, or large STOWs fail with its own 413.
     options.setdefault("max_request_body_size", settings.max_request_body)
     return options
@@ -277,9 +300,10 @@ def serve_workers(settings: Settings, options: dict[str, Any], host: str, port: 
 
 
 def open_archive(args: argparse.Namespace) -> Archive:
-    from .archive import Archive
+    """The archive of ``--config``/``--data``; a data folder the OS refuses is a StorageError naming it."""
+    from .maintenance import open_archive as open_checked
 
-    return Archive.open(load_config(args)[0])
+    return open_checked(load_config(args)[0])
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -471,12 +495,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, StorageError) as exc:
+    except (ConfigError, StorageError, OSError) as exc:  # OSError: a file or folder the OS refuses, not a bug
         return report_error(exc)
 
 
-def report_error(exc: ConfigError | StorageError) -> int:
-    """Print a configuration or storage error the way every command does; the exit status (2)."""
+def report_error(exc: ConfigError | StorageError | OSError) -> int:
+    """Print a configuration, storage or operating-system error on one line, the way every command
+    does (no traceback: the operator needs the file and the reason); the exit status (2)."""
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"dicomweb-wsgi: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     kind = "configuration" if isinstance(exc, ConfigError) else "storage"
     print(f"dicomweb-wsgi: {kind} error: {exc}", file=sys.stderr)
     return 2

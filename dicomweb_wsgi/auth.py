@@ -164,7 +164,11 @@ class CredentialFile:
 
 
 def update_credentials(path: str, name: str, roles: Iterable[str], secret: str) -> None:
-    """Add or replace ``name``'s line in a users or tokens file (written atomically, mode 0600)."""
+    """Add or replace ``name``'s line in a users or tokens file (written atomically, mode 0600).
+
+    A file or folder the OS refuses (missing folder, no permission) is a ConfigError naming the file,
+    which the CLI prints on one line.
+    """
     if not name or any(c in name for c in ":\r\n") or name != name.strip():
         raise ConfigError(f"invalid name {name!r}: no colons, line breaks or surrounding spaces")
     role_list = [r.lower() for r in roles]
@@ -172,16 +176,27 @@ def update_credentials(path: str, name: str, roles: Iterable[str], secret: str) 
     if unknown:
         raise ConfigError(f"unknown role {', '.join(unknown)} (roles: {', '.join(ROLES)})")
     lines = ["# name:roles:secret  (roles: read, write, delete; written by dicomweb-wsgi)"]
-    existing = os.stat(path) if os.path.exists(path) else None
-    if existing is not None:
-        with open(path, encoding="utf-8") as fh:
-            lines = [ln for ln in fh.read().splitlines() if ln.split(":", 1)[0] != name]
+    try:
+        existing = os.stat(path) if os.path.exists(path) else None
+        if existing is not None:
+            with open(path, encoding="utf-8") as fh:
+                lines = [ln for ln in fh.read().splitlines() if ln.split(":", 1)[0] != name]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     lines.append(f"{name}:{','.join(role_list)}:{secret}")
     folder = os.path.dirname(os.path.abspath(path))
+    try:
+        _write_atomically(path, folder, "\n".join(lines) + "\n", existing)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def _write_atomically(path: str, folder: str, text: str, existing: os.stat_result | None) -> None:
+    """Replace ``path`` by ``text`` through a temporary file in its folder, keeping an existing file's mode."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".credentials-")  # created 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write("\n".join(lines) + "\n")
+            out.write(text)
         if existing is not None:  # keep the mode and owner a site gave the file (e.g. root:dicomweb 0640)
             os.chmod(tmp, existing.st_mode & 0o777)
             if os.geteuid() == 0:

@@ -5,6 +5,7 @@ also accepts them without the prefix. The README's configuration table is this t
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
@@ -33,7 +34,10 @@ def _size(value: Any) -> int:
         if text.endswith(suffix):
             text, factor = text[:-1], mult
             break
-    number = int(float(text) * factor)
+    amount = float(text) * factor
+    if not math.isfinite(amount):  # int() of inf is an OverflowError, of nan a ValueError: say it plainly
+        raise ValueError("must be a finite number of bytes")
+    number = int(amount)
     if number < 0:
         raise ValueError("must not be negative")
     return number
@@ -79,6 +83,13 @@ def _int(value: Any) -> int:
     return number
 
 
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number == 0:
+        raise ValueError("must be at least 1")
+    return number
+
+
 @dataclass(frozen=True)
 class Option:
     key: str
@@ -100,7 +111,7 @@ SCHEMA: tuple[Option, ...] = (
            "Origins allowed to call from a browser (space or comma list); * allows any; empty disables CORS."),
     Option("max_request_body", _size, "4G", "Largest request body accepted (413 beyond, before reading it)."),
     Option("max_part_size", _size, "2G", "Largest single part of a multipart request."),
-    Option("max_parts", _int, 10000, "Most parts in one multipart request."),
+    Option("max_parts", _positive_int, 10000, "Most parts in one multipart request."),
     Option("bulk_threshold", _int, 1024,
            "Binary values longer than this many bytes are given as BulkDataURI in metadata (PixelData always)."),
     Option("sqlite_synchronous", _choice("full", "normal", "extra"), "full",
@@ -201,7 +212,7 @@ def load_settings(values: Mapping[str, Any] | None = None, *, environ: Mapping[s
             raise ConfigError(f"unknown setting {raw_key!r}; known settings: {', '.join(sorted(_BY_KEY))}")
         try:
             converted[key] = opt.convert(raw_value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ConfigError(f"invalid value {raw_value!r} for setting {raw_key!r}: {exc}") from exc
     env = os.environ if environ is None else environ
     if env.get("DICOMWEB_DATA_DIR"):

@@ -3,9 +3,11 @@
 ``import_paths`` walks files and folders recursively and stores every PS3.10 file through
 ``Archive.store_files`` (the same validation and durability as STOW-RS): each file is first copied
 into the blob store's spool folder, because ``store_files`` consumes what it is given. Files that are
-not DICOM (no ``DICM`` prefix) and DICOMDIRs are skipped with a reason; instances already stored
-are counted, not stored again, so a second run over the same folder changes nothing. Parsing is the
-cost, so several worker processes share the files when there are enough of them to pay for starting.
+not DICOM (no ``DICM`` prefix) and DICOMDIRs are skipped with a reason, and so are symbolic links
+met inside a folder (not followed, so a link cannot pull in a file from elsewhere); instances already
+stored (same SOP Instance UID in the same study and series) are counted, not stored again, so a
+second run over the same folder changes nothing. Parsing is the cost, so several worker processes
+share the files when there are enough of them to pay for starting.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from .archive import Archive
 from .audit import acting_as
 from .config import Settings
 from .errors import DicomStatus
-from .storage.base import DuplicatePolicy, Outcome
+from .storage.base import DuplicatePolicy, Outcome, StorageError
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 # Below this many files one process does the work: starting workers costs more than it saves.
@@ -31,6 +33,7 @@ PARALLEL_MIN_FILES = 64
 CHUNK_FILES = 16
 
 STORED, ALREADY, SKIPPED, FAILED = "stored", "already stored", "skipped", "failed"
+SYMLINK = "symbolic link, not followed"
 
 
 @dataclass
@@ -114,23 +117,32 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def find_files(paths: Iterable[str]) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
-    """Every regular file under ``paths`` (recursively, sorted) with its size, and the paths that are not there."""
+def find_files(paths: Iterable[str]) -> tuple[list[tuple[str, int]], list[tuple[str, str]], list[str]]:
+    """Every regular file under ``paths`` (recursively, sorted) with its size, the paths that are not
+    there (with a reason), and the symbolic links met inside folders.
+
+    Links inside a folder are not followed, to files or folders alike: one would import whatever it
+    points at, anywhere on the machine. A path named on the command line is taken as given.
+    """
     found: list[tuple[str, int]] = []
     missing: list[tuple[str, str]] = []
+    links: list[str] = []
     for top in paths:
         if os.path.isfile(top):
             found.append((top, os.path.getsize(top)))
         elif os.path.isdir(top):
-            for folder, dirs, files in os.walk(top):
+            for folder, dirs, files in os.walk(top):  # os.walk does not descend into linked folders
                 dirs.sort()
+                links += [os.path.join(folder, d) for d in dirs if os.path.islink(os.path.join(folder, d))]
                 for name in sorted(files):
                     path = os.path.join(folder, name)
-                    if os.path.isfile(path):
+                    if os.path.islink(path):
+                        links.append(path)
+                    elif os.path.isfile(path):
                         found.append((path, os.path.getsize(path)))
         else:
             missing.append((top, "no such file or folder"))
-    return found, missing
+    return found, missing, links
 
 
 def sniff(path: str) -> str | None:
@@ -146,29 +158,52 @@ def sniff(path: str) -> str | None:
     return None
 
 
-def _header_uids(path: str) -> tuple[str, str]:
-    """(SOP Class UID, SOP Instance UID) from the file meta, cheaply; empty strings if unreadable."""
+def _meta_sop_class(path: str) -> str:
+    """The file meta's Media Storage SOP Class UID, cheaply; an empty string if unreadable."""
     import pydicom
 
     try:
         meta = pydicom.filereader.read_file_meta_info(path)
-        return (str(meta.get("MediaStorageSOPClassUID", "") or "").strip(),
-                str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip())
+        return str(meta.get("MediaStorageSOPClassUID", "") or "").strip()
     except Exception:  # a damaged file is reported by the full parse that follows
-        return "", ""
+        return ""
+
+
+def _instance_uids(path: str) -> tuple[str, str, str]:
+    """(Study, Series, SOP Instance UID) of the data set itself; empty strings if unreadable.
+
+    The data set's own UIDs, not the file meta's: a meta left stale (some anonymisers do) names
+    another instance, and STOW-RS stores by the data set.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True,
+                             specific_tags=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+        return tuple(str(ds.get(k, "") or "").strip()  # type: ignore[return-value]
+                     for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
+    except Exception:  # a damaged file is reported by the full parse that follows
+        return "", "", ""
+
+
+def _stored_here(archive: Archive, study: str, series: str, sop: str) -> bool:
+    """Whether this SOP Instance UID is stored in this study and series (not merely somewhere)."""
+    return bool(study and series and sop and archive.instances(study, series, sop))
 
 
 def import_file(archive: Archive, path: str) -> tuple[str, str]:
-    """Store one file; returns (outcome, reason) with outcome one of STORED, ALREADY, SKIPPED, FAILED."""
+    """Store one file; returns (outcome, reason) with outcome one of STORED, ALREADY, SKIPPED, FAILED.
+
+    ALREADY means the same SOP Instance UID is stored in the same study and series; one stored under
+    another study or series is a failure (the archive refuses it, as STOW-RS does).
+    """
     reason = sniff(path)
     if reason:
         return SKIPPED, reason
-    sop_class, sop_uid = _header_uids(path)
-    if sop_class == MEDIA_STORAGE_DIRECTORY:
+    if _meta_sop_class(path) == MEDIA_STORAGE_DIRECTORY:
         return SKIPPED, "DICOMDIR (a media directory, not an instance)"
-    index = archive.index
-    if (sop_uid and archive.settings.policy is not DuplicatePolicy.REPLACE
-            and getattr(index, "has_instance", None) and index.has_instance(sop_uid)):  # type: ignore[attr-defined]
+    uids = _instance_uids(path)
+    if archive.settings.policy is not DuplicatePolicy.REPLACE and _stored_here(archive, *uids):
         return ALREADY, ""
     fd, spooled = tempfile.mkstemp(dir=archive.blobs.spool_dir, suffix=".import")
     try:
@@ -180,9 +215,20 @@ def import_file(archive: Archive, path: str) -> tuple[str, str]:
     (result,) = list(archive.store_files([spooled]))
     if result.failure is None:
         return (ALREADY, "") if result.outcome is Outcome.IGNORED else (STORED, "")
-    if result.failure == DicomStatus.DUPLICATE_SOP_INSTANCE:
+    if (result.failure == DicomStatus.DUPLICATE_SOP_INSTANCE  # duplicate_policy = reject
+            and _stored_here(archive, result.study_uid or "", result.series_uid or "", result.sop_uid or "")):
         return ALREADY, ""
     return FAILED, f"0x{int(result.failure):04X} {result.reason}"
+
+
+def open_archive(settings: Settings) -> Archive:
+    """``Archive.open``, with a data folder the OS refuses (a file in its path, no permission) as a
+    StorageError naming the folder, which the CLI prints on one line instead of a traceback."""
+    try:
+        return Archive.open(settings)
+    except OSError as exc:
+        raise StorageError(f"cannot use the data folder {os.path.abspath(settings.data_dir)}: "
+                           f"{exc.strerror or exc}") from exc
 
 
 # -- worker processes --------------------------------------------------------------------------------
@@ -204,7 +250,7 @@ def _worker_chunk(paths: list[str]) -> list[tuple[str, str, str]]:
 def import_paths(settings: Settings, paths: Iterable[str], *, actor: str, jobs: int = 0,
                  stream: TextIO | None = None) -> ImportSummary:
     """Import files and folders; progress and skip/failure notes go to ``stream`` (stderr)."""
-    files, missing = find_files(paths)
+    files, missing, links = find_files(paths)
     summary = ImportSummary()
     progress = Progress("import", len(files), sum(size for _, size in files), stream)
     sizes = dict(files)
@@ -221,10 +267,14 @@ def import_paths(settings: Settings, paths: Iterable[str], *, actor: str, jobs: 
         summary.counts[FAILED] += 1
         summary.failed.append((path, reason))
         progress.note(f"{FAILED}: {path}: {reason}")
+    for path in links:
+        summary.counts[SKIPPED] += 1
+        summary.skipped.append((path, SYMLINK))
+        progress.note(f"{SKIPPED}: {path}: {SYMLINK}")
     jobs = jobs or (min(4, os.cpu_count() or 1) if len(files) >= PARALLEL_MIN_FILES else 1)
     names = [p for p, _ in files]
+    archive = open_archive(settings)  # here too, not only in the workers: an unusable data folder is one clear error
     if jobs <= 1:
-        archive = Archive.open(settings)
         try:
             with acting_as(actor):
                 for path in names:
@@ -232,6 +282,7 @@ def import_paths(settings: Settings, paths: Iterable[str], *, actor: str, jobs: 
         finally:
             archive.close()
     else:
+        archive.close()
         chunks = [names[i:i + CHUNK_FILES] for i in range(0, len(names), CHUNK_FILES)]
         with concurrent.futures.ProcessPoolExecutor(
                 max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),

@@ -212,3 +212,19 @@ def test_cli_add_user_and_add_token_write_working_files(tmp_path, monkeypatch, c
     store(client, [make_dataset()], status=401)
     content_type, body = stow_body([make_dataset()])
     client.post("/studies", body, headers={"Content-Type": content_type, **bearer_auth(token)}, status=200)
+
+
+def test_cli_add_user_and_add_token_into_a_missing_folder_are_clear_errors(tmp_path, monkeypatch, capsys):
+    import io
+
+    missing = tmp_path / "no" / "users"
+    with pytest.raises(ConfigError, match=f"cannot write {missing}: No such file or directory"):
+        update_credentials(str(missing), "dora", ["read"], hash_token("t"))
+    assert main(["add-token", str(missing), "ct1", "--roles", "write"]) == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret\n"))
+    assert main(["add-user", str(missing), "dora", "--password-stdin"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no token printed for a file that was not written
+    assert err.splitlines() == [f"dicomweb-wsgi: configuration error: cannot write {missing}: "
+                                "No such file or directory"] * 2
+    assert not (tmp_path / "no").exists()

@@ -196,3 +196,81 @@ def test_serve_on_network_address_without_auth_refuses_to_start(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "refusing to listen on 0.0.0.0 without authentication" in proc.stderr
+
+
+def _stored_sop_uids(data_dir: str) -> set[str]:
+    client = make_client(data_dir)
+    try:
+        return {x["00080018"]["Value"][0]
+                for x in client.get("/instances", headers={"Accept": "application/dicom+json"}).json}
+    finally:
+        client.app.close()
+
+
+def test_import_skips_symbolic_links_to_files_and_folders(tmp_path, capsys):
+    src, outside, data = tmp_path / "src", tmp_path / "outside", str(tmp_path / "data")
+    src.mkdir()
+    (outside / "folder").mkdir(parents=True)
+    inside, linked_file, linked_folder = make_dataset(), make_dataset(), make_dataset()
+    (src / "a.dcm").write_bytes(dataset_bytes(inside))
+    (outside / "file.dcm").write_bytes(dataset_bytes(linked_file))
+    (outside / "folder" / "b.dcm").write_bytes(dataset_bytes(linked_folder))
+    os.symlink(outside / "file.dcm", src / "link.dcm")
+    os.symlink(outside / "folder", src / "linked-folder")
+    code, out, err = _cli(capsys, "import", "--data", data, str(src))
+    assert code == 0
+    assert "1 stored, 0 already stored, 2 skipped, 0 failed" in out
+    assert f"skipped: {src / 'link.dcm'}: symbolic link, not followed" in err
+    assert f"skipped: {src / 'linked-folder'}: symbolic link, not followed" in err
+    assert _stored_sop_uids(data) == {inside.SOPInstanceUID}
+
+
+def _with_stale_meta(ds, meta_sop_uid: str) -> bytes:
+    """``ds`` as a file whose meta names another SOP Instance UID (as some anonymisers leave it);
+    pydicom rewrites the meta on writing, so the data set's own UID is patched in the bytes."""
+    own = ds.SOPInstanceUID
+    assert len(own) == len(meta_sop_uid)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = meta_sop_uid
+    raw = dataset_bytes(ds)
+    at = raw.index(meta_sop_uid.encode(), raw.index(meta_sop_uid.encode()) + 1)  # the second: the data set's
+    return raw[:at] + own.encode() + raw[at + len(own):]
+
+
+def test_import_decides_already_stored_by_the_data_set_not_a_stale_file_meta(tmp_path, capsys):
+    src, data = tmp_path / "src", str(tmp_path / "data")
+    src.mkdir()
+    first = make_dataset(sop_uid="1.2.826.0.1.3680043.10.1255.77.1")
+    (src / "a.dcm").write_bytes(dataset_bytes(first))
+    (src / "b.dcm").write_bytes(_with_stale_meta(make_dataset(sop_uid="1.2.826.0.1.3680043.10.1255.77.2"),
+                                                 first.SOPInstanceUID))
+    code, out, _ = _cli(capsys, "import", "--data", data, str(src))
+    assert code == 0 and "2 stored, 0 already stored, 0 skipped, 0 failed" in out
+    assert _stored_sop_uids(data) == {"1.2.826.0.1.3680043.10.1255.77.1", "1.2.826.0.1.3680043.10.1255.77.2"}
+    assert "0 stored, 2 already stored" in _cli(capsys, "import", "--data", data, str(src))[1]
+
+
+@pytest.mark.parametrize("policy", ["ignore", "reject"])
+def test_import_of_an_instance_stored_under_another_study_is_a_failure(tmp_path, capsys, policy):
+    data = str(tmp_path / "data")
+    ini = tmp_path / "site.ini"
+    ini.write_text(f"[app:main]\ndicomweb.duplicate_policy = {policy}\n")
+    first, moved = tmp_path / "first.dcm", tmp_path / "moved.dcm"
+    sop = new_uid()
+    first.write_bytes(dataset_bytes(make_dataset(sop_uid=sop)))
+    moved.write_bytes(dataset_bytes(make_dataset(sop_uid=sop)))  # same SOP Instance UID, another study
+    assert _cli(capsys, "import", "--config", str(ini), "--data", data, str(first))[0] == 0
+    code, out, err = _cli(capsys, "import", "--config", str(ini), "--data", data, str(moved), str(first))
+    assert code == 1
+    assert "0 stored, 1 already stored, 0 skipped, 1 failed" in out
+    assert f"failed: {moved}: 0x0111 " in err and "another study or series" in err
+
+
+def test_import_with_workers_into_an_unusable_data_folder_is_one_clear_error(tmp_path, source):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "dicomweb_wsgi", "import", "--jobs", "2", "--data",
+                           str(not_a_folder / "data"), str(source)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr, proc.stderr[-400:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("dicomweb-wsgi: storage error: ") and str(not_a_folder / "data") in line

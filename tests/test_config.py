@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dicomweb_wsgi.__main__ import read_ini, resolve_listen
+from dicomweb_wsgi.__main__ import read_ini, resolve_listen, split_listen, waitress_options
 from dicomweb_wsgi.config import PREFIX, SCHEMA, ConfigError, load_settings
 from dicomweb_wsgi.testing import make_client, make_dataset, store
 
@@ -123,3 +123,59 @@ def test_disk_guard_counts_the_request_body(tmp_path, monkeypatch):
         store(client, [make_dataset(rows=64, columns=64)], status=503)  # ~8 KB body does not
     finally:
         client.app.close()
+
+
+MALFORMED_INIS = {
+    "no section header": ("not an ini file\n", "not a valid ini file"),
+    "duplicated key": ("[app:main]\ndicomweb.read_only = true\ndicomweb.read_only = false\n", "not a valid ini file"),
+    "logging without formatters": ("[loggers]\nkeys = root\n", "invalid logging configuration"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_INIS))
+def test_malformed_ini_is_a_configuration_error_naming_the_file(tmp_path, name):
+    text, message = MALFORMED_INIS[name]
+    ini = tmp_path / "site.ini"
+    ini.write_text(text)
+    with pytest.raises(ConfigError, match=message) as caught:
+        read_ini(str(ini))
+    assert str(ini) in str(caught.value)
+    proc = _serve(tmp_path, text)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-400:]
+    assert "dicomweb-wsgi: configuration error: " in proc.stderr and str(ini) in proc.stderr
+
+
+def test_size_must_be_a_finite_number():
+    for value in ("inf", "-inf", "nan", "1e400", "infG"):
+        with pytest.raises(ConfigError, match=f"invalid value '{value}' for setting 'max_request_body'"):
+            load_settings({"max_request_body": value}, environ={})
+    assert load_settings({"max_request_body": "1.5K"}, environ={}).max_request_body == 1536
+
+
+def test_bad_server_integer_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[server:main\] threads must be a whole number, not 'many'"):
+        waitress_options({"threads": "many"}, load_settings({}, environ={}))
+    proc = _serve(tmp_path, "[server:main]\nthreads = many\n")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-400:]
+    assert "threads must be a whole number" in proc.stderr
+
+
+def test_listen_port_must_be_0_to_65535(tmp_path):
+    assert split_listen("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert split_listen("[::1]:65535") == ("::1", 65535)
+    for bad in ("127.0.0.1:65536", "127.0.0.1:73000", "127.0.0.1:\u0662", "127.0.0.1:-1"):
+        with pytest.raises(ConfigError, match="port from 0 to 65535"):
+            split_listen(bad)
+    with pytest.raises(ConfigError, match="port from 0 to 65535"):
+        resolve_listen(None, {"port": "70000"}, {})
+    proc = subprocess.run([sys.executable, "-m", "dicomweb_wsgi", "serve", "--data", str(tmp_path / "d"),
+                           "--listen", "127.0.0.1:73000", "--max-seconds", "20"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "port from 0 to 65535" in proc.stderr and "serving" not in proc.stdout
+
+
+def test_max_parts_must_be_at_least_one():
+    # 0 used to be accepted, and then every multipart STOW was a 500 (the reader refuses a limit of 0).
+    with pytest.raises(ConfigError, match="invalid value '0' for setting 'max_parts'"):
+        load_settings({"max_parts": "0"}, environ={})
+    assert load_settings({"max_parts": "1"}, environ={}).max_parts == 1

@@ -669,9 +669,6 @@ class SqliteIndex(SqliteDatabase):
         except sqlite3.Error as exc:
             raise StorageError(f"index read failed: {exc}") from exc
 
-    def has_instance(self, sop_uid: str) -> bool:
-        return bool(self.read("SELECT 1 FROM instance WHERE sop_uid=?", (sop_uid,)))
-
     def integrity_problems(self) -> list[str]:
         """SQLite's own consistency check of the file (empty when sound)."""
         rows = [r[0] for r in self.read("PRAGMA quick_check")]
