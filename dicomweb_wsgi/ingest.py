@@ -22,7 +22,8 @@ from pydicom.errors import InvalidDicomError
 
 from . import dicomjson, frames, part10_json
 from .errors import DicomStatus
-from .model import INDEXED, Level, NON_PATIENT_SOP_CLASSES, is_valid_uid, level_of_tag, protect_placeholders
+from .model import (INDEXED, Level, NON_PATIENT_SOP_CLASSES, column_value, is_valid_uid, level_of_tag,
+                    protect_placeholders)
 from .storage.base import InstanceRecord
 
 
@@ -75,25 +76,6 @@ def _uid_value(obj: dict, tag: str) -> str | None:
     if values and isinstance(values[0], str):
         return values[0].strip()
     return None
-
-
-def column_value(element: dict) -> str | None:
-    """The text the index keeps for one attribute: values joined with a backslash; PN alphabetic;
-    dates as YYYYMMDD (the ACR-NEMA form YYYY.MM.DD, which PS3.5 asks readers to accept, would
-    otherwise never meet a date range)."""
-    values = element.get("Value")
-    if not values:
-        return None
-    parts = []
-    for value in values:
-        if isinstance(value, dict):  # PN
-            parts.append(str(value.get("Alphabetic", "")))
-        elif isinstance(value, float) and value.is_integer():
-            parts.append(str(int(value)))
-        else:
-            parts.append(str(value))
-    text = "\\".join(parts)
-    return text.replace(".", "") if element.get("vr") == "DA" else text
 
 
 def _check_not_truncated(ds: pydicom.Dataset, size: int, ts: str) -> None:

@@ -9,6 +9,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -118,6 +119,25 @@ def level_of_tag(tag: str) -> Level:
     if tag in SERIES_LEVEL_TAGS or tag in EVERY_LEVEL_TAGS:
         return Level.SERIES
     return Level.INSTANCE
+
+
+def column_value(element: dict[str, Any]) -> str | None:
+    """The text the index keeps for one attribute: values joined with a backslash; PN alphabetic;
+    dates as YYYYMMDD (the ACR-NEMA form YYYY.MM.DD, which PS3.5 asks readers to accept, would
+    otherwise never meet a date range)."""
+    values = element.get("Value")
+    if not values:
+        return None
+    parts = []
+    for value in values:
+        if isinstance(value, dict):  # PN
+            parts.append(str(value.get("Alphabetic", "")))
+        elif isinstance(value, float) and value.is_integer():
+            parts.append(str(int(value)))
+        else:
+            parts.append(str(value))
+    text = "\\".join(parts)
+    return text.replace(".", "") if element.get("vr") == "DA" else text
 
 
 def protect_placeholders(json_text: str) -> str:

@@ -115,3 +115,26 @@ def test_delete_read_only_returns_405(dicomweb_client_factory):
         reader.get(f"/studies/{ds.StudyInstanceUID}", status=200)
     finally:
         reader.app.close()
+
+
+def test_delete_of_the_latest_instance_gives_study_and_series_the_remaining_ones_attributes(client):
+    # A store gives a study and a series the attributes of their latest instance; a delete of that
+    # instance must give them those of the latest remaining one (as a reindex would), in the results
+    # and in the matching columns.
+    study_uid, series_uid = new_uid(), new_uid()
+    first = make_dataset(study_uid=study_uid, series_uid=series_uid, InstanceNumber=1, StudyDescription="first",
+                         SeriesDescription="first series", TimezoneOffsetFromUTC="+0100")
+    latest = make_dataset(study_uid=study_uid, series_uid=series_uid, InstanceNumber=2, StudyDescription="latest",
+                          SeriesDescription="latest series", TimezoneOffsetFromUTC="+0200")
+    store(client, [first, latest])
+    json_accept = {"Accept": "application/dicom+json"}
+    (study,) = client.get(f"/studies?StudyInstanceUID={study_uid}&includefield=all", headers=json_accept).json
+    assert study["00081030"]["Value"] == ["latest"]
+    client.delete(f"/studies/{study_uid}/series/{series_uid}/instances/{latest.SOPInstanceUID}", status=204)
+    (study,) = client.get(f"/studies?StudyInstanceUID={study_uid}&includefield=all", headers=json_accept).json
+    (series,) = client.get(f"/studies/{study_uid}/series?includefield=all", headers=json_accept).json
+    assert study["00081030"]["Value"] == ["first"] and study["00080201"]["Value"] == ["+0100"]
+    assert series["0008103E"]["Value"] == ["first series"] and series["00080201"]["Value"] == ["+0100"]
+    assert client.get("/studies?StudyDescription=latest", headers=json_accept, status=200).json == []
+    assert len(client.get("/studies?StudyDescription=first", headers=json_accept, status=200).json) == 1
+    assert len(client.get("/series?SeriesDescription=first*", headers=json_accept, status=200).json) == 1

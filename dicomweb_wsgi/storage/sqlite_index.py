@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
-from ..model import EVERY_LEVEL_TAGS, INDEXED, INDEXED_BY_TAG, Level, fold_text, protect_placeholders
+from ..model import (EVERY_LEVEL_TAGS, INDEXED, INDEXED_BY_TAG, Level, column_value, fold_text, level_of_tag,
+                     protect_placeholders)
 from .base import (AddResult, Condition, DuplicatePolicy, InstanceRecord, MatchKind, MAX_PN_COMPONENTS,
                    NUMERIC_VRS, Outcome, SearchQuery, SearchResult, SearchRow, StorageError,
                    StoredInstance)
@@ -430,8 +431,34 @@ class SqliteIndex(SqliteDatabase):
             for row in rows:
                 conn.execute("DELETE FROM instance WHERE pk=?", (row["pk"],))
                 lost[row["series_pk"]] = lost.get(row["series_pk"], 0) - 1
-            self._recount(conn, lost, {r["study_pk"] for r in rows})
+            studies = {r["study_pk"] for r in rows}
+            self._recount(conn, lost, studies)
+            self._refresh_attributes(conn, set(lost), studies)
         return [r["blob_key"] for r in rows]
+
+    def _refresh_attributes(self, conn: sqlite3.Connection, series_pks: set[int], study_pks: set[int]) -> None:
+        """After a delete, give the surviving series and studies the attributes of their latest
+        remaining instance, as a store gives them the latest stored one's (and as a reindex would)."""
+        now = time.time()
+        for table, pks in (("series", series_pks), ("study", study_pks)):
+            for pk in pks:
+                row = conn.execute(f"SELECT i.metadata_json, s.series_uid, st.study_uid, st.pk AS study_pk "
+                                   f"FROM instance i JOIN series s ON s.pk=i.series_pk JOIN study st ON st.pk=i.study_pk "
+                                   f"WHERE i.{table}_pk=? ORDER BY i.pk DESC LIMIT 1", (pk,)).fetchone()
+                if row is None:  # emptied: _recount removed it
+                    continue
+                obj = json.loads(row["metadata_json"])
+                level = Level.SERIES if table == "series" else Level.STUDY
+                attrs = {t: e for t, e in obj.items() if level_of_tag(t) is level
+                         or (level is Level.STUDY and t in EVERY_LEVEL_TAGS)}
+                columns = {a.column: column_value(obj[a.tag]) for a in INDEXED if a.level is level and a.tag in obj}
+                text = protect_placeholders(json.dumps(dict(sorted(attrs.items())), ensure_ascii=False,
+                                                       separators=(",", ":"), allow_nan=False))
+                if table == "series":
+                    self._upsert(conn, "series", "series_uid", row["series_uid"], SERIES_COLUMNS, columns, text, now,
+                                 study_pk=row["study_pk"])
+                else:
+                    self._upsert(conn, "study", "study_uid", row["study_uid"], STUDY_COLUMNS, columns, text, now)
 
     # -- reads -------------------------------------------------------------------------------
     @staticmethod
