@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, convert_color_space
+from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space
 from pydicom.pixels import get_decoder
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
@@ -286,12 +286,26 @@ def _voi_lut_sequence(x: np.ndarray, ds: Dataset) -> np.ndarray | None:
         return None
     try:
         descriptor = items[0].LUTDescriptor
-        bits = int(descriptor[2])
-        out = np.asarray(apply_voi(np.rint(x).astype(np.int64), ds, index=0), dtype=np.float64)
+        entries, first, bits = int(descriptor[0]) or 65536, int(descriptor[1]), int(descriptor[2])
+        table = _lut_entries(items[0], ds, entries)
+        # PS3.3 C.11.2.1.1: inputs below the first mapped value take the first entry, above the
+        # table the last. (pydicom's apply_voi indexes an 8-bit table with 8-bit integers, which
+        # wrap past entry 255.)
+        out = table[np.clip(np.rint(x).astype(np.int64) - first, 0, entries - 1)].astype(np.float64)
     except Exception:
         return None
     top = max(float(2 ** bits - 1), float(out.max()) if out.size else 1.0, 1.0)
     return out * (255.0 / top)
+
+
+def _lut_entries(item: Dataset, ds: Dataset, entries: int) -> np.ndarray:
+    """The entries of a LUT Data value (US or SS values, or OW words in the data set's byte order)."""
+    element = item["LUTData"]
+    if element.VR == "OW" and isinstance(element.value, (bytes, bytearray)):
+        little = getattr(ds, "original_encoding", (None, True))[1] is not False
+        return np.frombuffer(element.value, dtype="<u2" if little else ">u2", count=entries).astype(np.int64)
+    values = list(element.value) if hasattr(element.value, "__iter__") else [element.value]
+    return np.asarray(values[:entries], dtype=np.int64)
 
 
 def _grayscale_values(raw: np.ndarray, ds: Dataset, index: int, params: RenderParams,

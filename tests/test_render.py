@@ -188,6 +188,31 @@ def test_render_voi_lut_sequence_used_without_window():
     _assert_close(_png(ds), lut[arr].astype(float))
 
 
+def test_render_voi_lut_with_8_bit_entries_maps_inputs_past_the_256th_entry():
+    # PS3.3 C.11.2.1.1: the number of entries and the bits per entry are independent (pydicom's
+    # apply_voi indexed this table with 8-bit integers, so input 256 read entry 0).
+    arr = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)
+    ds = _make(arr)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 8]
+    lut = np.arange(4096) // 16  # 0..255
+    item.LUTData = lut.tolist()
+    ds.VOILUTSequence = [item]
+    _assert_close(_png(ds), lut[arr].astype(float))
+
+
+def test_render_voi_lut_as_ow_words_with_a_first_mapped_value():
+    arr = np.arange(100, 164, dtype=np.uint16).reshape(8, 8)
+    ds = _make(arr)
+    item = Dataset()
+    item.LUTDescriptor = [32, 116, 8]  # inputs below 116 take entry 0, above 147 the last
+    lut = (np.arange(32) * 8).astype("<u2")
+    item.add_new("LUTData", "OW", lut.tobytes())
+    ds.VOILUTSequence = [item]
+    expected = lut[np.clip(arr.astype(int) - 116, 0, 31)].astype(float)
+    _assert_close(_png(ds), expected * 255.0 / 255.0)
+
+
 def test_render_enhanced_per_frame_window_and_rescale_used():
     arr = np.stack([np.arange(100, dtype=np.uint16).reshape(10, 10) * (i + 1) for i in range(3)])
     ds = _make(arr, frames=3)
