@@ -11,7 +11,9 @@ Delivery reads the event outbox of the WorkitemStore, where each change queued i
 same transaction as the change. Events go out in the order they were queued; after each batch the
 server sends a WebSocket ping and forgets the batch only when the pong arrives, which proves the
 client has read every frame before it. A connection lost earlier gets the batch again on reconnect
-(at-least-once; the Message ID (0000,0110) repeats, so duplicates can be recognised). Undelivered
+(at-least-once; the Message ID (0000,0110) repeats, so duplicates can be recognised; it is 16 bits,
+taken from the outbox sequence shared by all subscribers, so it tells apart the reports of one batch
+unless more than 65,535 others were queued in between). Undelivered
 events wait in the outbox for ``events_retention_hours`` (at most ``events_max_pending`` per
 subscriber). One connection per AE title: a new one replaces the old.
 
@@ -184,15 +186,27 @@ class EventChannel:
         waker = asyncio.Event()
         self._wakers.add(waker)
         log.info("subscriber %s connected from %s", ae, ws.remote_address)
+        discarding = asyncio.ensure_future(self._discard_incoming(ws))
         try:
             await self._deliver(ws, ae, waker)
         except (ConnectionClosed, asyncio.TimeoutError):
             pass
         finally:
+            discarding.cancel()
             self._wakers.discard(waker)
             if self._by_ae.get(ae) is ws:
                 del self._by_ae[ae]
             log.info("subscriber %s disconnected", ae)
+
+    @staticmethod
+    async def _discard_incoming(ws: ServerConnection) -> None:
+        """Read and drop whatever the client sends: left unread, its messages would stop the library
+        reading the socket once its queue is full, and the pongs that acknowledge delivery with them."""
+        try:
+            async for _ in ws:
+                pass
+        except ConnectionClosed:
+            pass
 
     async def _deliver(self, ws: ServerConnection, ae: str, waker: asyncio.Event) -> None:
         closed = asyncio.ensure_future(ws.wait_closed())

@@ -106,6 +106,35 @@ def test_events_new_workitem_reaches_global_and_matching_filtered_subscribers(di
     assert mr_seen[1]["00404025"]["Value"][0]["00080100"]["Value"] == ["MR1"]
 
 
+def test_events_frames_a_client_sends_do_not_stop_acknowledgement(dicomweb_app, dicomweb_client):
+    # Unread, more than 16 client messages made the library stop reading the socket, pongs (the
+    # acknowledgements) included: every batch then timed out and was sent again for ever.
+    store = dicomweb_app.ctx.workitems
+    uid, _ = create(dicomweb_client)
+    with EventChannel(store, poll_interval=0.2, ack_timeout=3.0) as running:
+        with connect(f"{running.url}/subscribers/WATCHER") as ws:
+            for n in range(40):
+                ws.send(json.dumps({"ack": n}))
+            dicomweb_client.post(f"/workitems/{uid}/subscribers/WATCHER", status=201)
+            assert summary(receive(ws, 1)[0]) == (1, uid, "SCHEDULED")
+            wait_until(lambda: store.pending_events("WATCHER", 10) == [], "the acknowledgement")
+
+
+@pytest.mark.parametrize("how", ["workitem", "global"])
+def test_events_queued_for_an_ae_go_when_it_unsubscribes(dicomweb_client, channel, how):
+    uid, _ = create(dicomweb_client)
+    other, _ = create(dicomweb_client)
+    dicomweb_client.post(f"/workitems/{uid}/subscribers/WATCHER", status=201)  # queued: SCHEDULED
+    put_state(dicomweb_client, uid, "IN PROGRESS", generate_uid())           # queued: IN PROGRESS
+    if how == "workitem":
+        dicomweb_client.delete(f"/workitems/{uid}/subscribers/WATCHER", status=200)
+    else:
+        dicomweb_client.delete(f"/workitems/{GLOBAL}/subscribers/WATCHER", status=200)
+    dicomweb_client.post(f"/workitems/{other}/subscribers/WATCHER", status=201)  # the next event it may get
+    with connect(f"{channel.url}/subscribers/WATCHER") as ws:
+        assert summary(receive(ws, 1)[0]) == (1, other, "SCHEDULED")
+
+
 def test_events_restart_delivers_queued_events_then_scp_status_change(tmp_path):
     settings = {"data_dir": str(tmp_path / "data"), "fsync": "false", "sqlite_synchronous": "normal"}
     app = make_app(settings)

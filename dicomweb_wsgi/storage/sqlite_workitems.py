@@ -212,12 +212,15 @@ class SqliteWorkitemStore(SqliteDatabase):
             if not tx.conn.execute("SELECT 1 FROM workitem WHERE uid=?", (uid,)).fetchone():
                 return False
             tx.conn.execute("DELETE FROM subscription WHERE ae=? AND workitem_uid=?", (ae, uid))
+            # Reports queued before, not yet delivered, go too: an unsubscribed AE hears no more of it.
+            tx.conn.execute("DELETE FROM event WHERE ae=? AND workitem_uid=?", (ae, uid))
         return True
 
     def unsubscribe_all(self, ae: str) -> None:
         with self._tx() as tx:
             tx.conn.execute("DELETE FROM global_subscription WHERE ae=?", (ae,))
             tx.conn.execute("DELETE FROM subscription WHERE ae=?", (ae,))
+            tx.conn.execute("DELETE FROM event WHERE ae=?", (ae,))
 
     def suspend(self, ae: str) -> None:
         with self._tx() as tx:
