@@ -51,9 +51,10 @@ def check_presentation(ps: Dataset, sop_uid: str, frame: int) -> None:
 
 
 def render_with_presentation(ds: Dataset, ps: Dataset, sop_uid: str, frame: int,
-                             params: RenderParams) -> np.ndarray:
+                             params: RenderParams) -> tuple[np.ndarray, RenderParams]:
     """Frame ``frame`` (1-based) of ``ds`` through the presentation state ``ps``, as an 8-bit
-    array ready for :func:`dicomweb_wsgi.render.encode_image`.
+    array ready for :func:`dicomweb_wsgi.render.encode_image`, and the parameters it was rendered
+    with (their ``window`` is the one applied, e.g. the state's, for an annotation to name).
 
     ``ds`` is changed in place (its Modality LUT and VOI are replaced by the presentation
     state's), so pass a data set read for this request only.
@@ -67,7 +68,7 @@ def render_with_presentation(ds: Dataset, ps: Dataset, sop_uid: str, frame: int,
         img = _presentation_lut(img, ps, ds)
     img = _shutters(img, ps)
     img = _displayed_area(img, ps, sop_uid, frame)
-    return _spatial(img, ps)
+    return _spatial(img, ps), params
 
 
 # --------------------------------------------------------------------------------------------

@@ -286,3 +286,22 @@ def test_presentation_uid_of_an_image_is_400(dicomweb_client, ct):
     resp = dicomweb_client.get(wado_url(ct, presentationUID=other.SOPInstanceUID,
                                         presentationSeriesUID=other.SeriesInstanceUID), status=400)
     assert "Grayscale Softcopy Presentation State" in resp.text
+
+
+def test_presentation_technique_annotation_names_the_window_the_state_applied(dicomweb_client, ct):
+    # annotate.py: 'technique' writes the window used; through a GSPS that is the state's VOI.
+    from PIL import Image
+
+    from dicomweb_wsgi import annotate
+
+    ps = gsps(ct, SoftcopyVOILUTSequence=[voi(1500, 1000)])
+    plain = rendered(dicomweb_client, ct, ps)
+    annotated = rendered(dicomweb_client, ct, None, annotation="technique", presentationUID=ps.SOPInstanceUID,
+                         presentationSeriesUID=ps.SeriesInstanceUID)
+
+    def drawn(window):
+        lines = annotate.annotation_lines(ct, ["technique"], 1, window)
+        return np.asarray(annotate.annotator(lines)(Image.fromarray(plain.copy(), "L")))
+
+    assert not np.array_equal(drawn((1500.0, 1000.0, "LINEAR")), drawn(None))  # the two texts differ
+    assert np.array_equal(annotated, drawn((1500.0, 1000.0, "LINEAR")))

@@ -329,7 +329,7 @@ def _retrieve_rendered(req: Request, target: _Target, media_type: str) -> Respon
     try:
         if ps is not None:
             presentation.check_presentation(ps, target.inst.sop_uid, frame)
-            img = presentation.render_with_presentation(ds, ps, target.inst.sop_uid, frame, params)
+            img, params = presentation.render_with_presentation(ds, ps, target.inst.sop_uid, frame, params)
         else:
             img = render.frame_pixels(ds, frame, params)
         decorate = None
