@@ -207,9 +207,12 @@ def _le_bytes(arr: np.ndarray, bits_allocated: int) -> bytes:
 
 
 def _image_opts(ds: Dataset) -> dict[str, Any]:
+    """pydicom pixel options for ONE frame of ``ds`` (a frame's own buffer has no offset table: the
+    instance's Extended Offset Table would point into the wrong bytes)."""
     opts = as_pixel_options(ds)
     opts["number_of_frames"] = 1
     opts["pixel_keyword"] = "PixelData"
+    opts.pop("extended_offsets", None)
     return opts
 
 

@@ -186,7 +186,8 @@ def _gradient(bits: int, rows: int = 64, columns: int = 64) -> Dataset:
 def test_frames_transcoded_to_jpeg_baseline_decode_close_to_original(dicomweb_client):
     ds = _gradient(8)
     store(dicomweb_client, [ds])
-    _, parts = get_frames(dicomweb_client, ds, "1", 'multipart/related; type="image/jpeg"')
+    _, parts = get_frames(dicomweb_client, ds, "1", 'multipart/related; type="image/jpeg"; '
+                          'transfer-syntax=1.2.840.10008.1.2.4.50')  # lossy only when named
     headers, body = parts[0]
     assert headers["Content-Type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
     from PIL import Image
@@ -229,14 +230,66 @@ def test_frames_fall_back_to_the_next_acceptable_type_when_the_first_cannot_be_e
     # pixels only when it is tried.
     ds = make_dataset(bits=16)
     store(dicomweb_client, [ds])
-    accept = ('multipart/related; type="image/jpeg", '
-              'multipart/related; type="application/octet-stream"; q=0.5')
+    baseline = 'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    accept = f'{baseline}, multipart/related; type="application/octet-stream"; q=0.5'
     resp, parts = get_frames(dicomweb_client, ds, "1", accept, status=200)
     (headers, body), = parts
     assert headers["Content-Type"] == f"application/octet-stream; transfer-syntax={EXPLICIT_LE}"
     assert body == ds.pixel_array.astype("<u2").tobytes()
-    resp, _ = get_frames(dicomweb_client, ds, "1", 'multipart/related; type="image/jpeg"', status=406)
+    resp, _ = get_frames(dicomweb_client, ds, "1", baseline, status=406)
     assert "JPEG Baseline" in resp.text  # with nothing to fall back on, the encoder's reason
+
+
+def _extended_offset_table_instance(arrays: list[np.ndarray]) -> Dataset:
+    """JPEG Baseline frames with an Extended Offset Table (PS3.5 A.4, PS3.3 C.7.6.3.1.8)."""
+    from PIL import Image
+    from pydicom.encaps import encapsulate_extended
+
+    def jpeg(arr: np.ndarray) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(arr).save(out, "JPEG", quality=90)
+        return out.getvalue()
+
+    ds = make_dataset(bits=8, rows=32, columns=32, frames=len(arrays), transfer_syntax="1.2.840.10008.1.2.4.50")
+    ds.PixelData, ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths = encapsulate_extended(
+        [jpeg(a) for a in arrays])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def test_frames_of_an_instance_with_an_extended_offset_table_decode_and_transcode(dicomweb_client):
+    # The instance's Extended Offset Table went along to the decoder of a single frame's buffer,
+    # which then read the wrong bytes: 406 on every frame asked for decoded or transcoded.
+    rng = np.random.default_rng(0)
+    ds = _extended_offset_table_instance([np.full((32, 32), 100, np.uint8),
+                                          rng.integers(0, 255, (32, 32), dtype=np.uint8)])
+    store(dicomweb_client, [ds])
+    expected = pydicom.dcmread(io.BytesIO(dataset_bytes(ds))).pixel_array
+    for number in (1, 2):
+        _, [(_, body)] = get_frames(dicomweb_client, ds, str(number))
+        assert body == expected[number - 1].tobytes()
+    _, [(headers, codestream)] = get_frames(dicomweb_client, ds, "2", "multipart/related; type=image/jls; "
+                                            "transfer-syntax=1.2.840.10008.1.2.4.80")
+    decoded = get_decoder(UID("1.2.840.10008.1.2.4.80")).as_array(
+        encapsulate([codestream]), rows=32, columns=32, samples_per_pixel=1, bits_allocated=8, bits_stored=8,
+        pixel_representation=0, photometric_interpretation="MONOCHROME2", number_of_frames=1)[0]
+    assert np.array_equal(decoded, expected[1])
+
+
+def test_frames_as_image_jpeg_without_a_syntax_are_never_made_lossy(dicomweb_client):
+    # PS3.18 Table 8.7.3-5: image/jpeg without a transfer-syntax means JPEG Lossless (.70), which this
+    # server cannot encode: lossless pixels were sent as JPEG Baseline; now the next acceptable type.
+    ds = make_dataset(bits=8, rows=64, columns=64)
+    store(dicomweb_client, [ds])
+    resp, _ = get_frames(dicomweb_client, ds, "1", 'multipart/related; type="image/jpeg"', status=406)
+    assert "lossless" in resp.text
+    _, [(headers, body)] = get_frames(dicomweb_client, ds, "1", 'multipart/related; type="image/jpeg", '
+                                      'multipart/related; type="application/octet-stream"; q=0.5')
+    assert headers["Content-Type"].startswith("application/octet-stream") and body == ds.pixel_array.tobytes()
+    _, [(headers, _)] = get_frames(dicomweb_client, ds, "1", 'multipart/related; type="image/jpeg"; '
+                                   'transfer-syntax=1.2.840.10008.1.2.4.50')  # lossy by name: as asked
+    assert headers["Content-Type"].endswith("1.2.840.10008.1.2.4.50")
 
 
 def test_pixeldata_resources_send_every_frame_of_every_image(dicomweb_client):

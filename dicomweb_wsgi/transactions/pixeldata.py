@@ -15,7 +15,7 @@ native frames as little-endian bytes) and its part is labelled with its real med
 the stored bytes). ``image/jpeg``, ``image/jls``, ``image/jp2``, ``image/jpx``, ``image/jphc``,
 ``image/dicom-rle`` and the video types are offered when the frames are stored so or can be
 transcoded (``transcode.frame_as``); without a ``transfer-syntax`` the stored syntax is kept if
-it fits the media type, else the first producible lossless one. Single-part responses
+it fits the media type, else the first producible lossless one (a lossy one only by name). Single-part responses
 (``application/octet-stream``, ``image/jpeg``, ...) are offered when exactly one frame is asked for.
 
 Frame offsets come from the layout computed at store time, so frame N of a multi-frame instance
@@ -51,13 +51,15 @@ _WHOLE_BODY_LIMIT = 16 << 20
 OCTET_STREAM = "application/octet-stream"
 _NOT_FRAME_SYNTAXES = frozenset({transcode.DEFLATED, transcode.IMPLICIT_VR_LE, transcode.EXPLICIT_VR_BE})
 FRAME_MEDIA_TYPES = tuple(m for m in transcode.MEDIA_TYPE_SYNTAXES if m != OCTET_STREAM)
-# Without a transfer-syntax parameter an image media type gets the stored syntax when it fits,
-# else the first of these the server can produce (lossless first).
-_PREFERENCE = {
-    "image/jpeg": ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.50",
-                   "1.2.840.10008.1.2.4.51"),
-    "image/jls": ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),
-    "image/jp2": ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),
+# PS3.18 Table 8.7.3-5: without a transfer-syntax parameter an image media type means its default
+# (lossless) syntax; the stored syntax is sent when it fits the media type, else the first of these
+# the server can produce. A lossy one is sent only when asked for by name.
+_LOSSLESS_DEFAULTS = {
+    "image/jpeg": ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57"),
+    "image/jls": ("1.2.840.10008.1.2.4.80",),
+    "image/jp2": ("1.2.840.10008.1.2.4.90",),
+    "image/jpx": ("1.2.840.10008.1.2.4.92",),
+    "image/jphc": ("1.2.840.10008.1.2.4.201",),
 }
 
 
@@ -208,10 +210,15 @@ def frame_target(selection: Selection, stored: str) -> str | None:
     allowed = selection.offer.transfer_syntaxes or frozenset()
     if stored in allowed:
         return stored
-    for uid in _PREFERENCE.get(media_type, ()):
+    defaults = _LOSSLESS_DEFAULTS.get(media_type)
+    if defaults is None:
+        return sorted(allowed)[0]
+    for uid in defaults:
         if uid in allowed:
             return uid
-    return sorted(allowed)[0]
+    raise NotAcceptable(f"{media_type} without a transfer-syntax means a lossless syntax "
+                        f"({', '.join(defaults)}; PS3.18 Table 8.7.3-5), which this server cannot produce from "
+                        f"these frames; name a lossy one (transfer-syntax=...) to receive that")
 
 
 def sent_as_stored(stored: str) -> str:
@@ -245,7 +252,14 @@ def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) 
             if first_failure is None:
                 raise
             raise first_failure from None
-        targets = [frame_target(selection, source.syntax) for source, _ in wanted]
+        try:
+            targets = [frame_target(selection, source.syntax) for source, _ in wanted]
+        except NotAcceptable as exc:  # no default this media type may be sent in: try the next range
+            if selection.transfer_syntax is not None or not selection.offer.transfer_syntaxes:
+                raise
+            refused |= selection.offer.transfer_syntaxes
+            first_failure = first_failure or exc
+            continue
         jobs = [(source, number, target) for (source, numbers), target in zip(wanted, targets)
                 for number in numbers]
         first_source, first_number, first_target = jobs[0]
