@@ -299,11 +299,16 @@ def serve_workers(settings: Settings, options: dict[str, Any], host: str, port: 
                       on_exit=counts.retire).run(on_ready=announce)
 
 
-def open_archive(args: argparse.Namespace) -> Archive:
-    """The archive of ``--config``/``--data``; a data folder the OS refuses is a StorageError naming it."""
+def open_archive(args: argparse.Namespace, *, existing: bool = False) -> Archive:
+    """The archive of ``--config``/``--data``; a data folder the OS refuses is a StorageError naming it.
+    ``existing``: the folder must already hold an archive (a check of a mistyped path must not
+    create an empty one and call it healthy)."""
     from .maintenance import open_archive as open_checked
 
-    return open_checked(load_config(args)[0])
+    settings = load_config(args)[0]
+    if existing and not os.path.exists(os.path.join(settings.data_dir, "index.sqlite3")):
+        raise StorageError(f"no archive in {os.path.abspath(settings.data_dir)} (no index.sqlite3 there)")
+    return open_checked(settings)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -336,7 +341,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from .maintenance import Progress
 
-    archive = open_archive(args)
+    archive = open_archive(args, existing=True)
     try:
         progress = Progress("check", 0, archive.stats()["bytes"])
         report = archive.check(verify_digests=not args.quick, progress=progress.set_bytes)

@@ -101,6 +101,14 @@ def test_check_healthy_archive_exits_0(archive_dir, capsys):
     assert "4 instances checked: 0 missing, 0 mismatched, 0 orphan blobs" in out and "healthy" in out
 
 
+def test_check_of_a_folder_without_an_archive_fails_and_creates_nothing(tmp_path, capsys):
+    # A monitoring check with a mistyped path must not make an empty archive there and call it healthy.
+    missing = tmp_path / "mistyped"
+    code, out, err = _cli(capsys, "check", "--data", str(missing))
+    assert code != 0 and "no archive" in err and "healthy" not in out
+    assert not missing.exists()
+
+
 def test_check_after_deleting_a_blob_reports_it_and_exits_1(archive_dir, capsys):
     os.unlink(_blob_paths(archive_dir)[0])
     code, out, _ = _cli(capsys, "check", "--data", archive_dir)
