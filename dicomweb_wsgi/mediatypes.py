@@ -28,6 +28,7 @@ __all__ = [
     "parse_accept",
     "parse_media_type",
     "refuse_dicom_with_rendered",
+    "without_syntaxes",
 ]
 
 # RFC 9110 §5.6.2 tchar.
@@ -310,6 +311,15 @@ def _range_matches_offer(media_range: MediaType, offer: Offer) -> bool:
     if offer.multipart:
         return False
     return _type_matches(media_range.type, offer.media_type)
+
+
+def without_syntaxes(offers: Sequence[Offer], refused: frozenset[str]) -> tuple[Offer, ...]:
+    """``offers`` less the transfer syntaxes found impossible for this request; an offer left with no
+    syntax it can produce is no offer (offers that take no syntax are kept)."""
+    if not refused:
+        return tuple(offers)
+    return tuple(Offer(o.media_type, o.multipart, o.transfer_syntaxes - refused) if o.transfer_syntaxes else o
+                 for o in offers if not o.transfer_syntaxes or o.transfer_syntaxes - refused)
 
 
 def _specificity(media_range: MediaType) -> int:

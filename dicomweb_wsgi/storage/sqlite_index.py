@@ -164,7 +164,12 @@ def _study_json(rec: InstanceRecord) -> str:
     series = json.loads(rec.series_json)
     study = json.loads(rec.study_json)
     study.update({tag: series[tag] for tag in shared if tag in series})
-    return protect_placeholders(json.dumps(dict(sorted(study.items())), ensure_ascii=False, separators=(",", ":"),
+    return _attrs_text(study)
+
+
+def _attrs_text(attrs: dict[str, Any]) -> str:
+    """A study's or series' attributes as stored JSON text (tags in order, placeholders protected)."""
+    return protect_placeholders(json.dumps(dict(sorted(attrs.items())), ensure_ascii=False, separators=(",", ":"),
                                            allow_nan=False))
 
 
@@ -452,8 +457,7 @@ class SqliteIndex(SqliteDatabase):
                 attrs = {t: e for t, e in obj.items() if level_of_tag(t) is level
                          or (level is Level.STUDY and t in EVERY_LEVEL_TAGS)}
                 columns = {a.column: column_value(obj[a.tag]) for a in INDEXED if a.level is level and a.tag in obj}
-                text = protect_placeholders(json.dumps(dict(sorted(attrs.items())), ensure_ascii=False,
-                                                       separators=(",", ":"), allow_nan=False))
+                text = _attrs_text(attrs)
                 if table == "series":
                     self._upsert(conn, "series", "series_uid", row["series_uid"], SERIES_COLUMNS, columns, text, now,
                                  study_pk=row["study_pk"])

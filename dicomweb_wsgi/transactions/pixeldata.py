@@ -40,7 +40,7 @@ from .. import transcode
 from ..errors import DicomWebError, NotAcceptable, NotFound
 from ..frames import FrameLayout
 from ..http import Request, Response, SplicedFile
-from ..mediatypes import Offer, Selection, negotiate
+from ..mediatypes import Offer, Selection, negotiate, without_syntaxes
 from ..multipart import multipart_content_type, multipart_segments, new_boundary, write_multipart
 from ..storage.base import StoredInstance
 
@@ -180,10 +180,7 @@ def negotiate_frames(req: Request, stored: Iterable[str], single_ok: bool,
     """The selected frame representation; 406 when nothing acceptable can be produced.
 
     ``refused`` lists syntaxes already found impossible for these frames (see ``serve_frames``)."""
-    offers = frame_offers(stored, single_ok)
-    if refused:  # an offer left with no syntax it can produce is no offer
-        offers = tuple(Offer(o.media_type, o.multipart, o.transfer_syntaxes - refused) if o.transfer_syntaxes
-                       else o for o in offers if not o.transfer_syntaxes or o.transfer_syntaxes - refused)
+    offers = without_syntaxes(frame_offers(stored, single_ok), refused)
     selection = negotiate(req.accept, offers)
     if selection is None:
         names = sorted({o.media_type for o in offers if o.transfer_syntaxes})

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, Iterator
 from .. import transcode
 from ..errors import NotAcceptable, NotFound
 from ..http import Request, Response, SplicedFile, iter_file
-from ..mediatypes import Offer, Selection, negotiate
+from ..mediatypes import Offer, Selection, negotiate, without_syntaxes
 from ..multipart import multipart_content_type, multipart_segments, new_boundary, write_multipart
 from ..storage.base import StoredInstance
 
@@ -74,10 +74,7 @@ def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bo
                     refused: frozenset[str] = frozenset()) -> Selection:
     """The selected representation; 406 when nothing acceptable can be produced (``refused``: syntaxes
     already found impossible for these instances)."""
-    offers = dicom_offers(instances, single_ok)
-    if refused:
-        offers = [Offer(o.media_type, o.multipart, (o.transfer_syntaxes or frozenset()) - refused) for o in offers]
-    selection = negotiate(req.accept, offers)
+    selection = negotiate(req.accept, without_syntaxes(dicom_offers(instances, single_ok), refused))
     if selection is None:
         raise NotAcceptable("none of the acceptable media types or transfer syntaxes can be produced; "
                             "this resource offers multipart/related; type=\"application/dicom\""
