@@ -153,3 +153,11 @@ def test_capabilities_allow_on_a_read_only_server_lists_no_writes(dicomweb_clien
     client = dicomweb_client_factory(read_only="true")
     assert client.options("/studies", status=200).headers["Allow"] == "GET, HEAD, OPTIONS"
     assert client.options("/workitems/1.2.3/state", status=200).headers["Allow"] == "OPTIONS"
+
+
+def test_capabilities_of_a_study_lists_the_retrieve_media_types_including_zip(dicomweb_client):
+    root = fromstring(dicomweb_client.options("/studies/1.2.3", status=200).body)
+    study = [r for r in root.iter(W + "resource") if r.get("path", "").endswith("1.2.3")][0]
+    get = [m for m in study.findall(W + "method") if m.get("name") == "GET"][0]
+    types = {r.get("mediaType") for r in get.find(W + "response").findall(W + "representation")}
+    assert {'multipart/related; type="application/dicom"', "application/zip"} <= types

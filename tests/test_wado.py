@@ -5,6 +5,7 @@ import http.client
 import io
 import os
 import socket
+import zipfile
 
 import numpy as np
 import pydicom
@@ -261,6 +262,81 @@ def test_retrieve_mixed_series_transcodes_the_one_that_needs_it(dicomweb_app, di
     assert np.array_equal(got.pixel_array, implicit.pixel_array)
 
 
+# -- application/zip (Supplement 211) ------------------------------------------------------------------
+
+def _zip_members(body: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        assert zf.testzip() is None
+        return {info.filename: zf.read(info) for info in zf.infolist()}
+
+
+def _zip_name(inst) -> str:
+    return f"{inst.study_uid}/{inst.series_uid}/{inst.sop_uid}.dcm"
+
+
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+@pytest.mark.parametrize("how", ["header", "query", "header with transfer-syntax=*"])
+def test_retrieve_as_zip_holds_the_stored_files(dicomweb_app, dicomweb_client, study, level, how):
+    study_uid, s1, _, datasets = study
+    uids = {"study": (study_uid,), "series": (study_uid, s1),
+            "instance": (study_uid, s1, datasets[0].SOPInstanceUID)}[level]
+    path = "/studies/" + uids[0] + "".join(f"/{name}/{uid}" for name, uid in zip(("series", "instances"), uids[1:]))
+    if how == "query":
+        resp = dicomweb_client.get(path + "?accept=application/zip", headers={"Accept": "text/html"}, status=200)
+    else:
+        accept = "application/zip" + ("; transfer-syntax=*" if how.endswith("*") else "")
+        resp = dicomweb_client.get(path, headers={"Accept": accept}, status=200)
+    assert resp.headers["Content-Type"].startswith("application/zip")
+    assert resp.headers["Content-Disposition"] == f'attachment; filename="{uids[-1]}.zip"'
+    assert int(resp.headers["Content-Length"]) == len(resp.body)
+    instances = dicomweb_app.archive.instances(*uids)
+    assert _zip_members(resp.body) == {_zip_name(inst): _read(dicomweb_app.archive.path(inst)) for inst in instances}
+    assert len(instances) == {"study": 3, "series": 2, "instance": 1}[level]
+    head = dicomweb_client.head(path, headers={"Accept": "application/zip"}, status=200)
+    assert head.headers["Content-Length"] == resp.headers["Content-Length"] and head.body == b""
+
+
+def test_zip_is_never_chosen_by_a_wildcard(dicomweb_client, study):
+    resp = dicomweb_client.get(f"/studies/{study[0]}", headers={"Accept": "*/*"}, status=200)
+    assert resp.headers["Content-Type"].startswith("multipart/related")
+
+
+def test_zip_transcodes_what_cannot_go_as_stored(dicomweb_app, dicomweb_client):
+    study_uid, series_uid = new_uid(), new_uid()
+    implicit = [make_dataset(study_uid=study_uid, series_uid=series_uid, InstanceNumber=i, pixel_seed=i,
+                             transfer_syntax=ImplicitVRLittleEndian) for i in (1, 2)]
+    store(dicomweb_client, implicit)
+    resp = dicomweb_client.get(f"/studies/{study_uid}", headers={"Accept": "application/zip"}, status=200)
+    members = _zip_members(resp.body)
+    assert len(members) == 2
+    for inst, original in zip(dicomweb_app.archive.instances(study_uid), implicit):
+        got = pydicom.dcmread(io.BytesIO(members[_zip_name(inst)]))
+        assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE  # never Implicit VR LE (PS3.18 §8.7.3)
+        assert got.SOPInstanceUID == original.SOPInstanceUID
+        assert np.array_equal(got.pixel_array, original.pixel_array)
+
+
+def test_zip_with_a_syntax_that_cannot_be_produced_is_406(dicomweb_client):
+    ds = make_dataset(bits=16)
+    store(dicomweb_client, [ds])
+    resp = dicomweb_client.get(_instance_url(ds), headers={
+        "Accept": "application/zip; transfer-syntax=1.2.840.10008.1.2.4.50"}, status=406)
+    assert "JPEG Baseline" in resp.text
+    # ... and with something to fall back on, that is sent instead.
+    resp = dicomweb_client.get(_instance_url(ds), headers={
+        "Accept": "application/zip; transfer-syntax=1.2.840.10008.1.2.4.50, application/zip; q=0.5"}, status=200)
+    [body] = _zip_members(resp.body).values()
+    assert pydicom.dcmread(io.BytesIO(body)).file_meta.TransferSyntaxUID == EXPLICIT_LE
+
+
+def test_zip_of_a_series_whose_blob_vanished_after_listing_is_404(dicomweb_app, dicomweb_client, study):
+    study_uid, s1, _, _ = study
+    os.unlink(dicomweb_app.archive.path(dicomweb_app.archive.instances(study_uid, s1)[1]))
+    resp = dicomweb_client.get(f"/studies/{study_uid}/series/{s1}", headers={"Accept": "application/zip"},
+                               status=404)
+    assert "removed" in resp.text
+
+
 @pytest.fixture
 def live(tmp_path):
     """A live server (waitress, wsgi.file_wrapper) and its archive opened beside it."""
@@ -286,8 +362,8 @@ def _connect(server: ServerProcess, receive_buffer: int | None = None) -> http.c
     return conn
 
 
-def _get(conn: http.client.HTTPConnection, path: str) -> http.client.HTTPResponse:
-    conn.request("GET", path, headers={"Accept": AS_STORED})
+def _get(conn: http.client.HTTPConnection, path: str, accept: str = AS_STORED) -> http.client.HTTPResponse:
+    conn.request("GET", path, headers={"Accept": accept})
     return conn.getresponse()
 
 
@@ -306,7 +382,8 @@ def _stored_series(server: ServerProcess, count: int, **kwargs) -> str:
     return f"/studies/{study_uid}/series/{series_uid}"
 
 
-def test_live_series_and_study_keep_the_connection_alive(live):
+@pytest.mark.parametrize("accept", [AS_STORED, "application/zip"])
+def test_live_series_and_study_keep_the_connection_alive(live, accept):
     server, archive = live
     series_path = _stored_series(server, 3, rows=128, columns=128)
     study_uid = series_path.split("/")[2]
@@ -314,14 +391,18 @@ def test_live_series_and_study_keep_the_connection_alive(live):
     first_socket = conn.sock
     try:
         for path in (series_path, f"/studies/{study_uid}"):
-            resp = _get(conn, path)
+            resp = _get(conn, path, accept)
             body = resp.read()
             assert resp.status == 200
             assert resp.getheader("Transfer-Encoding") is None
             assert int(resp.getheader("Content-Length")) == len(body)
             assert not resp.will_close
-            parts = parse_multipart(resp.getheader("Content-Type"), body)
-            assert [b for _, b in parts] == [_read(archive.path(i)) for i in archive.instances(study_uid)]
+            stored = archive.instances(study_uid)
+            if accept == AS_STORED:
+                parts = parse_multipart(resp.getheader("Content-Type"), body)
+                assert [b for _, b in parts] == [_read(archive.path(i)) for i in stored]
+            else:
+                assert _zip_members(body) == {_zip_name(i): _read(archive.path(i)) for i in stored}
         assert conn.sock is first_socket  # both answers came on the one connection
     finally:
         conn.close()
@@ -354,3 +435,21 @@ def test_live_blob_vanishing_mid_stream_cuts_the_response_short(live):
             assert _get(conn, path).status == status
         finally:
             conn.close()
+
+
+def test_live_zip_that_transcodes_goes_out_chunked(live):
+    # Transcoded instances have no size until they are encoded, so the archive has no Content-Length.
+    server, _ = live
+    implicit = _stored_series(server, 2, transfer_syntax=ImplicitVRLittleEndian)
+    conn = _connect(server)
+    try:
+        conn.request("GET", implicit, headers={"Accept": "application/zip"})
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
+        assert resp.getheader("Content-Length") is None
+        members = _zip_members(body)
+        assert len(members) == 2
+        assert {pydicom.dcmread(io.BytesIO(b)).file_meta.TransferSyntaxUID for b in members.values()} == {EXPLICIT_LE}
+    finally:
+        conn.close()

@@ -77,7 +77,8 @@ TRANSACTIONS: tuple[tuple[str, str, Transaction], ...] = (
                  'multipart/related; type="application/dicom+xml"'),
         response=(DICOM_JSON, "application/dicom+xml"), status=(200, 202, 409))),
     ("GET", r"/studies/\{\}(/series/\{\}(/instances/\{\})?)?", Transaction(
-        "WADO-RS Retrieve Study, Series or Instance (PS3.18 §10.4)", response=(DICOM, "application/dicom"))),
+        "WADO-RS Retrieve Study, Series or Instance (PS3.18 §10.4)",
+        response=(DICOM, "application/dicom", "application/zip"))),
     ("GET", r".*/metadata", Transaction("WADO-RS Retrieve Metadata (PS3.18 §10.4)",
                                         response=(DICOM_JSON, DICOM_XML), status=(200, 304))),
     ("GET", r".*/(bulkdata(/\{\})?|pixeldata|frames/\{\})", Transaction(

@@ -1,9 +1,10 @@
 """WADO-RS: Retrieve study, series and instance (PS3.18 §10.4).
 
 Supports: ``multipart/related; type="application/dicom"`` (default) for study, series and instance,
-and single-part ``application/dicom`` for an instance; the ``transfer-syntax`` parameter (a UID or
-``*``); Accept lists with q-values and the ``accept`` query parameter. Responses are streamed from
-the stored files. When no instance needs transcoding, the whole body (one file, or the stored files
+single-part ``application/dicom`` for an instance, and ``application/zip`` (Supplement 211: the
+PS3.10 files in one ZIP archive, for browsers and bulk downloads) for all three; the
+``transfer-syntax`` parameter (a UID or ``*``); Accept lists with q-values and the ``accept`` query
+parameter. Responses are streamed from the stored files. When no instance needs transcoding, the whole body (one file, or the stored files
 between multipart framing bytes) is known before the status goes out and is sent with a
 Content-Length through ``wsgi.file_wrapper`` (so the connection stays alive); a response that
 transcodes is a chunked generator.
@@ -18,9 +19,9 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
-from .. import transcode
+from .. import transcode, zipstream
 from ..errors import NotAcceptable, NotFound
 from ..http import Request, Response, SplicedFile, iter_file
 from ..mediatypes import Offer, Selection, negotiate, without_syntaxes
@@ -31,23 +32,25 @@ if TYPE_CHECKING:
     from ..archive import Archive
 
 NEVER_SENT = frozenset({transcode.IMPLICIT_VR_LE, transcode.EXPLICIT_VR_BE})
+ZIP = "application/zip"
 
 
 def retrieve_study(req: Request, study_uid: str) -> Response:
-    """All instances of a study as ``multipart/related; type="application/dicom"``."""
-    return _retrieve(req, req.ctx.archive.instances(study_uid), f"study {study_uid}", single_ok=False)
-
-
-def retrieve_series(req: Request, study_uid: str, series_uid: str) -> Response:
-    """All instances of a series as ``multipart/related; type="application/dicom"``."""
-    return _retrieve(req, req.ctx.archive.instances(study_uid, series_uid), f"series {series_uid}",
+    """All instances of a study, multipart (default) or ``application/zip``."""
+    return _retrieve(req, req.ctx.archive.instances(study_uid), f"study {study_uid}", study_uid,
                      single_ok=False)
 
 
+def retrieve_series(req: Request, study_uid: str, series_uid: str) -> Response:
+    """All instances of a series, multipart (default) or ``application/zip``."""
+    return _retrieve(req, req.ctx.archive.instances(study_uid, series_uid), f"series {series_uid}",
+                     series_uid, single_ok=False)
+
+
 def retrieve_instance(req: Request, study_uid: str, series_uid: str, sop_uid: str) -> Response:
-    """One instance, multipart (default) or single-part ``application/dicom``."""
+    """One instance, multipart (default), single-part ``application/dicom`` or ``application/zip``."""
     return _retrieve(req, req.ctx.archive.instances(study_uid, series_uid, sop_uid), f"instance {sop_uid}",
-                     single_ok=True)
+                     sop_uid, single_ok=True)
 
 
 def target_syntax(stored: str, requested: str | None) -> str:
@@ -67,6 +70,7 @@ def dicom_offers(instances: list[StoredInstance], single_ok: bool) -> list[Offer
     offers = [Offer("application/dicom", multipart=True, transfer_syntaxes=syntaxes)]
     if single_ok:
         offers.append(Offer("application/dicom", multipart=False, transfer_syntaxes=syntaxes))
+    offers.append(Offer(ZIP, multipart=False, transfer_syntaxes=syntaxes))
     return offers
 
 
@@ -78,7 +82,7 @@ def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bo
     if selection is None:
         raise NotAcceptable("none of the acceptable media types or transfer syntaxes can be produced; "
                             "this resource offers multipart/related; type=\"application/dicom\""
-                            + (" and application/dicom" if single_ok else ""))
+                            + (", application/dicom" if single_ok else "") + " and application/zip")
     if selection.transfer_syntax is None and selection.offer.transfer_syntaxes is not None \
             and transcode.EXPLICIT_VR_LE not in selection.offer.transfer_syntaxes:
         raise NotAcceptable("the instances cannot be sent in the default Explicit VR Little Endian; "
@@ -86,7 +90,7 @@ def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bo
     return selection
 
 
-def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_ok: bool) -> Response:
+def _retrieve(req: Request, instances: list[StoredInstance], what: str, uid: str, single_ok: bool) -> Response:
     """Negotiate and answer. What an encoder refuses (JPEG Baseline for 16-bit pixels) is known only
     once the first instance is transcoded: then the next acceptable representation is tried, and
     only when none is left is the answer a 406 (PS3.18 §8.7.5)."""
@@ -102,7 +106,7 @@ def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_o
                 raise
             raise first_failure from None
         try:
-            return _respond(req, instances, selection)
+            return _respond(req, instances, selection, uid)
         except NotAcceptable as exc:
             failed = target_syntax(instances[0].transfer_syntax, selection.transfer_syntax)
             if selection.transfer_syntax == "*" or failed in refused:
@@ -111,8 +115,10 @@ def _retrieve(req: Request, instances: list[StoredInstance], what: str, single_o
             first_failure = first_failure or exc
 
 
-def _respond(req: Request, instances: list[StoredInstance], selection: Selection) -> Response:
+def _respond(req: Request, instances: list[StoredInstance], selection: Selection, uid: str) -> Response:
     archive = req.ctx.archive
+    if selection.offer.media_type == ZIP:
+        return _zip_response(archive, instances, selection.transfer_syntax, uid)
     if not selection.offer.multipart:
         inst = instances[0]
         ts = target_syntax(inst.transfer_syntax, selection.transfer_syntax)
@@ -170,6 +176,47 @@ def _part(path: str, inst: StoredInstance, ts: str, base: str,
         spool, length = transcoded(path, ts)
         return headers, iter_file(spool, length)
     return headers, _encoded(path, ts)
+
+
+def _zip_response(archive: Archive, instances: list[StoredInstance], requested: str | None, uid: str) -> Response:
+    """The instances as ``<study>/<series>/<instance>.dcm`` members of one ZIP archive.
+
+    As with multipart, every file is looked at before the status goes out (a blob removed since the
+    listing is a 404), and the first instance is transcoded then if it must be (an encoder that
+    refuses is a 406, or the next acceptable representation). With nothing to transcode the
+    archive's length is known: Content-Length."""
+    members = []
+    for index, inst in enumerate(instances):
+        path = archive.path(inst)
+        ts = target_syntax(inst.transfer_syntax, requested)
+        if ts == inst.transfer_syntax:
+            st = os.stat(path)
+            members.append(zipstream.Member(_zip_name(inst), st.st_size, st.st_mtime, _opener(path)))
+        elif index == 0:
+            spool, length = transcoded(path, ts)
+            members.append(zipstream.Member(_zip_name(inst), length, os.stat(path).st_mtime,
+                                            lambda spool=spool, length=length: (spool, length)))
+        else:
+            members.append(zipstream.Member(_zip_name(inst), None, os.stat(path).st_mtime,
+                                            lambda path=path, ts=ts: transcoded(path, ts)))
+    response = Response(body=zipstream.write_zip(members),
+                        content_type=ZIP + (f"; transfer-syntax={requested}" if requested else ""))
+    length = zipstream.zip_length(members)
+    if length is not None:
+        response.add_header("Content-Length", str(length))
+    response.add_header("Content-Disposition", f'attachment; filename="{uid}.zip"')
+    return response
+
+
+def _zip_name(inst: StoredInstance) -> str:
+    return f"{inst.study_uid}/{inst.series_uid}/{inst.sop_uid}.dcm"
+
+
+def _opener(path: str) -> Callable[[], tuple[BinaryIO, int]]:
+    def open_member() -> tuple[BinaryIO, int]:
+        fh = open(path, "rb")
+        return fh, os.fstat(fh.fileno()).st_size
+    return open_member
 
 
 def transcoded(path: str, ts: str) -> tuple[BinaryIO, int]:
