@@ -216,3 +216,42 @@ class SqliteDatabase:
 
     def schema_version(self) -> int:
         return int(self.read("PRAGMA user_version")[0][0])
+
+
+def snapshot_database(source: str, target: str) -> None:
+    """Copy a live database (its WAL included) into the new file ``target`` as one consistent
+    snapshot (SQLite's online backup API, in one step), left as a plain rollback-journal file."""
+    try:
+        src = sqlite3.connect(source, timeout=30)
+        try:
+            dst = sqlite3.connect(target)
+            try:
+                src.backup(dst)
+                dst.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                dst.close()
+        finally:
+            src.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot copy {source}: {exc}") from exc
+
+
+def settle_copy(path: str) -> None:
+    """Leave a copied database as one flushed file: back to a rollback journal, and no WAL,
+    shared-memory or writer-lock file beside it (for a copy nobody has open)."""
+    try:
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot finish the copy {path}: {exc}") from exc
+    for suffix in ("-wal", "-shm", "-journal", WRITER_LOCK_SUFFIX):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

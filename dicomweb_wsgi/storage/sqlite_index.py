@@ -510,6 +510,11 @@ class SqliteIndex(SqliteDatabase):
     def blob_keys(self) -> set[str]:
         return {r[0] for r in self.read("SELECT blob_key FROM instance")}
 
+    def blob_key_of(self, sop_uid: str) -> str | None:
+        """The blob key of the instance with this SOP Instance UID now (wherever it is), or None."""
+        rows = self.read("SELECT blob_key FROM instance WHERE sop_uid=?", (sop_uid,))
+        return rows[0][0] if rows else None
+
     # -- search (QIDO-RS) --------------------------------------------------------------------
     def search(self, query: SearchQuery) -> SearchResult:
         level = query.level

@@ -143,6 +143,15 @@ class NpiIndex(SqliteDatabase):
         """Every blob key the index points at (for gc)."""
         return {r[0] for r in self.read("SELECT blob_key FROM npi_instance")}
 
+    def all_instances(self) -> list[NpiInstance]:
+        """Every instance, in the order stored (for backup)."""
+        return [_instance(r) for r in self.read(f"{_SELECT} ORDER BY i.pk")]
+
+    def remove(self, sop_uid: str) -> None:
+        """Forget one instance (its blob is the caller's to delete)."""
+        with self.write() as conn:
+            conn.execute("DELETE FROM npi_instance WHERE sop_uid=?", (sop_uid,))
+
 
 def _instance(row: sqlite3.Row) -> NpiInstance:
     return NpiInstance(*(row[c] for c in _COLUMNS))
