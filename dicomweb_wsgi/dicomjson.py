@@ -15,6 +15,8 @@ Public API
     the inverse, for STOW-RS of JSON metadata + bulk data (PS3.18 §10.5).
 ``json_to_xml(obj)`` / ``xml_to_json(data)``
     one PS3.19 NativeDicomModel document <-> the JSON object form; the parser is defusedxml.
+    A well-formed document with an attribute that cannot be read raises
+    :class:`XmlDatasetError`, which says which top-level attributes could be read.
 ``select_attributes(obj, tags)``
     keep only some top-level attributes (``includefield``).
 ``dumps(obj)`` / ``loads(text)``
@@ -96,6 +98,7 @@ __all__ = [
     "BulkRef",
     "MAX_DEPTH",
     "XML_NAMESPACE",
+    "XmlDatasetError",
     "dataset_to_json",
     "dumps",
     "json_to_dataset",
@@ -135,6 +138,21 @@ class BulkRef:
     vr: str
     offset: int | None
     length: int | None
+
+
+class XmlDatasetError(BadRequest):
+    """A well-formed NativeDicomModel document holds an attribute that cannot be read.
+
+    Raised by :func:`xml_to_json` instead of a plain :class:`BadRequest` (it still is one) so that
+    STOW-RS can fail just that instance, as it does for a bad value in DICOM JSON. ``readable``
+    holds the top-level attributes that could be read on their own, in the DICOM JSON form, so
+    that the caller can still name the instance (its SOP Instance UID, when that was readable);
+    an attribute whose tag appears more than once is left out.
+    """
+
+    def __init__(self, reason: str, readable: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.readable = readable
 
 
 # --------------------------------------------------------------------------- VR tables
@@ -768,10 +786,11 @@ def _build_element(
 
 
 def _refuse_delimiter(text: str, delimiters: str, vr: str, name: str) -> None:
-    """Refuse one JSON value holding a DICOM delimiter: written as is, it would silently become
-    several values (backslash) or Person Name component groups (``=``)."""
+    """Refuse one JSON value (or XML Person Name component) holding a DICOM delimiter: written as
+    is, it would silently become several values (backslash), Person Name component groups (``=``)
+    or components (``^``)."""
     # PS3.5 6.2 (Table 6.2-1): a backslash separates the values of the multi-valued string VRs
-    # (only LT, ST, UT and UR may hold one); "=" separates PN component groups
+    # (only LT, ST, UT and UR may hold one); "=" separates PN component groups, "^" components
     for delimiter in delimiters:
         if delimiter in text:
             raise BadRequest(f"attribute {name}: {vr} value {text[:64]!r} contains the delimiter "
@@ -1061,8 +1080,10 @@ def xml_to_json(data: bytes) -> dict[str, Any]:
 
     Parsing uses defusedxml with DTDs forbidden, so entity expansion ("billion laughs") and
     external entities are rejected; they, malformed XML and documents that are not a
-    NativeDicomModel raise :class:`BadRequest`. Elements may be in the PS3.19 namespace or in
-    none. Values are typed by VR as :func:`dataset_to_json` would type them.
+    NativeDicomModel raise :class:`BadRequest`. An attribute of a NativeDicomModel that cannot be
+    read (a bad tag, VR, structure or value, a ``^`` inside one Person Name component) raises
+    :class:`XmlDatasetError`. Elements may be in the PS3.19 namespace or in none. Values are
+    typed by VR as :func:`dataset_to_json` would type them.
     """
     try:
         root = _safe_fromstring(data, forbid_dtd=True)
@@ -1075,7 +1096,10 @@ def xml_to_json(data: bytes) -> dict[str, Any]:
         raise BadRequest(f"unsupported XML encoding: {exc}") from None
     if _local(root.tag) != "NativeDicomModel":
         raise BadRequest(f"XML root element is {_local(root.tag)!r}, not NativeDicomModel")
-    return _xml_to_obj(root, "", 0)
+    try:
+        return _xml_to_obj(root, "", 0)
+    except BadRequest as exc:
+        raise XmlDatasetError(exc.reason, _xml_readable(root)) from None
 
 
 def _local(name: Any) -> str:
@@ -1087,20 +1111,40 @@ def _xml_to_obj(node: Any, where: str, depth: int) -> dict[str, Any]:
         raise BadRequest(f"sequences nested deeper than {MAX_DEPTH} levels")
     out: dict[str, Any] = {}
     for child in node:
-        kind = _local(child.tag)
-        if kind != "DicomAttribute":
-            raise BadRequest(f"{where or 'dataset'}: unexpected XML element {kind!r}")
-        key = child.get("tag", "")
-        tag = _parse_tag(key, where)
-        key = "%08X" % tag
-        name = where + key
-        if key in out:
-            raise BadRequest(f"attribute {name}: appears more than once")
-        vr = child.get("vr")
-        if vr not in _ALL_VRS:
-            raise BadRequest(f"attribute {name}: missing or unknown vr {vr!r}")
-        out[key] = _xml_attribute(child, vr, name, depth)
+        key, attr = _xml_entry(child, where, depth, out)
+        out[key] = attr
     return dict(sorted(out.items()))
+
+
+def _xml_entry(node: Any, where: str, depth: int, seen: Collection[str]) -> tuple[str, dict[str, Any]]:
+    """One DicomAttribute element as (8-hex key, DICOM JSON attribute); a key in ``seen`` is refused."""
+    kind = _local(node.tag)
+    if kind != "DicomAttribute":
+        raise BadRequest(f"{where or 'dataset'}: unexpected XML element {kind!r}")
+    key = "%08X" % _parse_tag(node.get("tag", ""), where)
+    name = where + key
+    if key in seen:
+        raise BadRequest(f"attribute {name}: appears more than once")
+    vr = node.get("vr")
+    if vr not in _ALL_VRS:
+        raise BadRequest(f"attribute {name}: missing or unknown vr {vr!r}")
+    return key, _xml_attribute(node, vr, name, depth)
+
+
+def _xml_readable(root: Any) -> dict[str, Any]:
+    """The top-level attributes of a NativeDicomModel that can be read on their own (for
+    :class:`XmlDatasetError`); a tag that appears more than once is left out as ambiguous."""
+    out: dict[str, Any] = {}
+    repeated: set[str] = set()
+    for child in root:
+        try:
+            key, attr = _xml_entry(child, "", 0, ())
+        except BadRequest:
+            continue
+        if key in out:
+            repeated.add(key)
+        out[key] = attr
+    return {key: attr for key, attr in sorted(out.items()) if key not in repeated}
 
 
 def _xml_attribute(node: Any, vr: str, name: str, depth: int) -> dict[str, Any]:
@@ -1132,7 +1176,7 @@ def _xml_attribute(node: Any, vr: str, name: str, depth: int) -> dict[str, Any]:
     elif kind == "PersonName":
         if vr != "PN":
             raise BadRequest(f"attribute {name}: PersonName in a {vr} attribute")
-        attr["Value"] = [_xml_pn(pn) for pn in _numbered(children, name)]
+        attr["Value"] = [_xml_pn(pn, name) for pn in _numbered(children, name)]
     elif kind == "Value":
         if vr in ("SQ", "PN") or vr in _BINARY_VRS:
             raise BadRequest(f"attribute {name}: Value elements are not allowed for VR {vr}")
@@ -1189,7 +1233,9 @@ def _xml_value(vr: str, node: Any, name: str) -> Any:
     return text
 
 
-def _xml_pn(node: Any) -> dict[str, str] | None:
+def _xml_pn(node: Any, name: str) -> dict[str, str] | None:
+    """One PersonName element as a DICOM JSON PN value: each group's components joined by ``^``,
+    so a component that holds a ``^`` itself is refused (PS3.5 6.2.1 cannot represent it)."""
     if node is None:
         return None
     out: dict[str, str] = {}
@@ -1198,6 +1244,8 @@ def _xml_pn(node: Any) -> dict[str, str] | None:
         if group_name not in _PN_GROUPS:
             continue
         values = {_local(c.tag): (c.text or "") for c in group}
+        for component in _PN_COMPONENTS:
+            _refuse_delimiter(values.get(component, ""), "^", "PN", name)
         present = [i for i, c in enumerate(_PN_COMPONENTS) if c in values]
         if not present:
             continue

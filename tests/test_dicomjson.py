@@ -1060,6 +1060,34 @@ def test_xml_to_json_then_json_to_dataset_refuses_what_dicom_cannot_encode(attri
         json_to_dataset(xml_to_json(document))
 
 
+@pytest.mark.parametrize("group", ["Alphabetic", "Ideographic", "Phonetic"])
+@pytest.mark.parametrize("component", ["FamilyName", "GivenName", "NameSuffix"])
+def test_xml_to_json_caret_inside_one_person_name_component_refused(group: str, component: str) -> None:
+    # PS3.19 gives the components as elements; joined into PS3.5 6.2.1 PN text, "^" would split this one
+    document = (f'<NativeDicomModel xmlns="{XML_NAMESPACE}"><DicomAttribute tag="00100010" vr="PN">'
+                f'<PersonName number="1"><{group}><{component}>Smith^Jr</{component}></{group}></PersonName>'
+                f'</DicomAttribute></NativeDicomModel>').encode()
+    message = "attribute 00100010: PN value 'Smith^Jr' contains the delimiter '^'"
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        xml_to_json(document)
+
+
+def test_xml_to_json_unreadable_attribute_error_keeps_the_readable_top_level_attributes() -> None:
+    document = f"""<NativeDicomModel xmlns="{XML_NAMESPACE}">
+  <DicomAttribute tag="00080018" vr="UI"><Value number="1">1.2.3.4</Value></DicomAttribute>
+  <DicomAttribute tag="00280010" vr="US"><Value number="1">sixteen</Value></DicomAttribute>
+  <DicomAttribute tag="0020000D" vr="UI"><Value number="1">1.2.3</Value></DicomAttribute>
+  <DicomAttribute tag="0020000D" vr="UI"><Value number="1">1.2.5</Value></DicomAttribute>
+  <DicomAttribute tag="00081070" vr="PN"><PersonName number="1"><Alphabetic><FamilyName>A^B</FamilyName>
+  </Alphabetic></PersonName></DicomAttribute>
+  <DicomAttribute tag="0008" vr="UI"><Value number="1">1.2.6</Value></DicomAttribute>
+</NativeDicomModel>""".encode()
+    with pytest.raises(BadRequest, match="attribute 00280010: US value 'sixteen' is not an integer") as info:
+        xml_to_json(document)
+    # the unreadable, the ambiguous (given twice) and the badly tagged attributes are left out
+    assert info.value.readable == {"00080018": {"vr": "UI", "Value": ["1.2.3.4"]}}  # type: ignore[attr-defined]
+
+
 # --------------------------------------------------------------------------- select / dumps
 
 

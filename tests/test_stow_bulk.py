@@ -404,6 +404,70 @@ def test_stow_xml_with_entity_declaration_is_400(dicomweb_client, dicomweb_app):
     assert _spool_is_empty(dicomweb_app)
 
 
+def _xml_with(ds: Dataset, attribute: bytes) -> bytes:
+    """The PS3.19 XML of ``ds`` with one more DicomAttribute (given as XML text) at its end."""
+    xml = dicomjson.json_to_xml(ds.to_json_dict(bulk_data_threshold=1 << 30))
+    return xml.replace(b"</NativeDicomModel>", attribute + b"</NativeDicomModel>")
+
+
+@pytest.mark.parametrize("attribute, reason", [
+    (b'<DicomAttribute tag="00181310" vr="US"><Value number="1">x</Value></DicomAttribute>', "not an integer"),
+    (b'<DicomAttribute tag="00189087" vr="FD"><Value number="1">abc</Value></DicomAttribute>', "not a number"),
+    (b'<DicomAttribute tag="00209165" vr="AT"><Value number="1">0010</Value></DicomAttribute>', "8-hex"),
+    (b'<DicomAttribute tag="0010" vr="LT"><Value number="1">x</Value></DicomAttribute>', "8-hex"),
+    (b'<DicomAttribute keyword="PatientComments" vr="LT"><Value number="1">x</Value></DicomAttribute>', "8-hex"),
+    (b'<DicomAttribute tag="00104000" vr="XX"/>', "unknown vr"),
+    (b'<DicomAttribute tag="00081140" vr="SQ"><Value number="1">x</Value></DicomAttribute>', "not allowed"),
+    (b'<DicomAttribute tag="00420011" vr="OB"><InlineBinary>!not base64!</InlineBinary></DicomAttribute>',
+     "base64"),
+    # PS3.19 keeps the components apart; PS3.5 6.2.1 has no way to put a caret inside one
+    (b'<DicomAttribute tag="00081070" vr="PN"><PersonName number="1"><Alphabetic><FamilyName>Smith^Jr'
+     b'</FamilyName></Alphabetic></PersonName></DicomAttribute>', "delimiter '^'"),
+])
+def test_stow_xml_unreadable_attribute_fails_only_that_instance_with_c000(dicomweb_client, dicomweb_app,
+                                                                        attribute, reason):
+    study = new_uid()
+    good, bad = (read_dataset(dataset_bytes(make_dataset(study_uid=study))) for _ in range(2))
+    parts = [({"Content-Type": "application/dicom+xml"}, dicomjson.json_to_xml(good.to_json_dict())),
+             ({"Content-Type": "application/dicom+xml"}, _xml_with(bad, attribute))]
+    resp = _post(dicomweb_client, _body(parts), content_type=XML_TYPE, status=202)
+    (failed,) = resp.json["00081198"]["Value"]
+    assert failed["00081155"]["Value"] == [bad.SOPInstanceUID]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert reason in resp.headers["Warning"]
+    assert [i["00081155"]["Value"] for i in resp.json["00081199"]["Value"]] == [[good.SOPInstanceUID]]
+    _assert_same(_retrieve(dicomweb_client, good), good)
+    assert _spool_is_empty(dicomweb_app)
+
+
+def test_stow_xml_part_with_unreadable_sop_instance_uid_fails_unnamed_like_json(dicomweb_client, dicomweb_app):
+    good, bad = (read_dataset(dataset_bytes(make_dataset())) for _ in range(2))
+    xml = dicomjson.json_to_xml(bad.to_json_dict()).replace(b'tag="00080018" vr="UI"', b'tag="00080018" vr="U1"')
+    parts = [({"Content-Type": "application/dicom+xml"}, xml),
+             ({"Content-Type": "application/dicom+xml"}, dicomjson.json_to_xml(good.to_json_dict()))]
+    resp = _post(dicomweb_client, _body(parts), content_type=XML_TYPE, status=202)
+    (failed,) = resp.json["00081198"]["Value"]
+    assert "Value" not in failed["00081155"]  # empty, as for a JSON instance without a SOP Instance UID
+    assert failed["00081150"]["Value"] == [bad.SOPClassUID]
+    assert failed["00081197"]["Value"] == [0xC000]
+    assert "unknown vr" in resp.headers["Warning"]
+    _assert_same(_retrieve(dicomweb_client, good), good)
+    assert _spool_is_empty(dicomweb_app)
+
+
+@pytest.mark.parametrize("document, reason", [
+    (b"<NativeDicomModel><DicomAttribute", "malformed XML"),  # as a part that is not JSON
+    (b"<Other/>", "not NativeDicomModel"),  # as JSON that is not an array of objects
+])
+def test_stow_xml_part_not_a_native_dicom_model_document_is_400(dicomweb_client, dicomweb_app, document, reason):
+    good = read_dataset(dataset_bytes(make_dataset()))
+    parts = [({"Content-Type": "application/dicom+xml"}, dicomjson.json_to_xml(good.to_json_dict())),
+             ({"Content-Type": "application/dicom+xml"}, document)]
+    resp = _post(dicomweb_client, _body(parts), content_type=XML_TYPE, status=400)
+    assert reason in resp.text
+    assert _spool_is_empty(dicomweb_app)
+
+
 # -- malformed requests ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("parts, reason", [

@@ -27,7 +27,11 @@ may come as several parts: all with the BulkDataURI itself, or as ``{BulkDataURI
 The file meta is rebuilt from the data set (group 0002 in the metadata is ignored). Text that
 the declared Specific Character Set cannot carry makes it ``ISO_IR 192`` (UTF-8), the encoding
 of DICOM JSON. An instance that cannot be built (a missing bulk data part, a bad value, no SOP
-UIDs) is a failure of that instance only; a metadata part that is not JSON / XML is a 400.
+UIDs) is a failure of that instance only, in JSON and XML alike: an XML part with an attribute
+that cannot be read fails its instance with 0xC000, named by its SOP Instance UID when that
+attribute could be read. A metadata part that cannot be read at all is a 400 for the request:
+one that is not JSON or holds something other than objects, or one that is not well-formed XML,
+has a DTD or is not a NativeDicomModel document.
 Not supported: media types that need pixel transformation (``image/png``, ``image/gif``, video
 without a ``transfer-syntax``).
 """
@@ -93,7 +97,7 @@ def build_instances(parts: Iterable[Part], part_type: str,
     spooled: list[Part] = []
     written: list[str] = []
     try:
-        metadata: list[dict[str, Any]] = []
+        metadata: list[dict[str, Any] | _Unreadable] = []
         bulk: dict[str, list[Part]] = {}
         for number, part in enumerate(parts, 1):
             spooled.append(part)
@@ -113,8 +117,11 @@ def build_instances(parts: Iterable[Part], part_type: str,
             raise BadRequest(f"the request has no {part_type} part with instance metadata")
         failures: list[StoreResult] = []
         coerced: dict[str, str] = {}
-        for obj in metadata:
+        for entry in metadata:
+            obj = entry.readable if isinstance(entry, _Unreadable) else entry
             try:
+                if isinstance(entry, _Unreadable):
+                    raise _InstanceFailure(DicomStatus.CANNOT_UNDERSTAND, entry.reason)
                 path, coercion = _write_instance(obj, _BulkParts(bulk), spool_dir)
                 written.append(path)
                 if coercion:
@@ -139,13 +146,24 @@ def discard(paths: Iterable[str]) -> None:
             pass
 
 
-def _read_metadata(part: Part, part_type: str, number: int) -> list[dict[str, Any]]:
+@dataclass
+class _Unreadable:
+    """An XML metadata part whose instance cannot be read: the attributes that could be, and why."""
+
+    readable: dict[str, Any]
+    reason: str
+
+
+def _read_metadata(part: Part, part_type: str, number: int) -> list[dict[str, Any] | _Unreadable]:
     if part.size > MAX_METADATA_PART:
         raise PayloadTooLarge(f"part {number}: metadata parts are limited to {MAX_METADATA_PART} bytes")
     with open(part.path, "rb") as fh:
         data = fh.read()
     if part_type == "application/dicom+xml":
-        return [dicomjson.xml_to_json(data)]
+        try:
+            return [dicomjson.xml_to_json(data)]
+        except dicomjson.XmlDatasetError as exc:
+            return [_Unreadable(exc.readable, exc.reason)]
     try:
         value = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
