@@ -306,8 +306,9 @@ def apply_update(record: WorkitemRecord, changes: Mapping[str, Any], transaction
         raise UPSError(UPSStatus.MAY_NO_LONGER_BE_UPDATED, f"the workitem is {record.state}")
     given = transaction_uid or first(changes, TRANSACTION_UID)
     if record.state == State.SCHEDULED.value and given is not None:
-        # CC.2.6.2: a SCHEDULED workitem has no owner yet, so no Transaction UID may be given.
-        raise UPSError(UPSStatus.WRONG_TRANSACTION_UID, "the workitem is SCHEDULED and has no Transaction UID")
+        # CC.2.6.2: no Transaction UID is given for a SCHEDULED workitem; one that is given refers
+        # to a claim that does not exist, which is what C310 of Table CC.2.6-1 reports.
+        raise UPSError(UPSStatus.NOT_IN_PROGRESS, "a Transaction UID was given, but the workitem is SCHEDULED")
     if record.state == State.IN_PROGRESS.value and given != first(current, TRANSACTION_UID):
         raise UPSError(UPSStatus.WRONG_TRANSACTION_UID,
                        "missing" if given is None else "it does not match the owner's")
@@ -347,33 +348,31 @@ def _update_events(uid: str, before: Mapping[str, Any], after: Mapping[str, Any]
 
 def apply_state_change(record: WorkitemRecord, requested: str | None, transaction_uid: str | None,
                        now: str) -> WorkitemChange:
-    """Change the Procedure Step State following Table CC.1.1-2 and the final state requirements."""
+    """Change the Procedure Step State following Table CC.1.1-2 and the final state requirements.
+
+    The checks run in the order of the table's rows: the requested state first, then whether the
+    Transaction UID is the correct one, then what the current state allows.
+    """
     states = [s.value for s in State]
     if requested not in states:
         raise UPSError(UPSStatus.INVALID_ATTRIBUTE_VALUE,
                        f"Procedure Step State (0074,1000) must be one of {', '.join(states)}, not {requested!r}")
-    if not transaction_uid:
-        raise UPSError(UPSStatus.WRONG_TRANSACTION_UID, "Transaction UID (0008,1195) is required")
-    if not is_valid_uid(str(transaction_uid)):
-        raise UPSError(UPSStatus.INVALID_ATTRIBUTE_VALUE, f"Transaction UID {str(transaction_uid)[:80]!r} is not a UID")
-    attrs = json.loads(record.attrs_json)
-    owner = first(attrs, TRANSACTION_UID)
-    current = record.state
     if requested == State.SCHEDULED.value:
+        # Table CC.1.1-2: C303 in every state, whatever Transaction UID the request carries.
         raise UPSError(UPSStatus.MAY_ONLY_BECOME_SCHEDULED_ON_CREATE)
+    attrs = json.loads(record.attrs_json)
+    current = record.state
+    _check_transaction_uid(current, transaction_uid, first(attrs, TRANSACTION_UID))
+    if current == State.SCHEDULED.value:
+        if requested != State.IN_PROGRESS.value:
+            raise UPSError(UPSStatus.NOT_IN_PROGRESS, "claim it (IN PROGRESS) first")
+        attrs[TRANSACTION_UID] = _text("UI", transaction_uid)
+        attrs[STATE] = _text("CS", requested)
+        return WorkitemChange(dumps(attrs), [state_report(record.uid, attrs)])
     if requested == State.IN_PROGRESS.value:
-        if current == State.SCHEDULED.value:
-            attrs[TRANSACTION_UID] = _text("UI", transaction_uid)
-            attrs[STATE] = _text("CS", requested)
-            return WorkitemChange(dumps(attrs), [state_report(record.uid, attrs)])
-        # Table CC.1.1-2: refusing a claim depends only on the current state, not on who asks.
         if current == State.IN_PROGRESS.value:
             raise UPSError(UPSStatus.ALREADY_IN_PROGRESS)
         raise UPSError(UPSStatus.MAY_NO_LONGER_BE_UPDATED, f"the workitem is {current}")
-    if current == State.SCHEDULED.value:
-        raise UPSError(UPSStatus.NOT_IN_PROGRESS, "claim it (IN PROGRESS) first")
-    if transaction_uid != owner:
-        raise UPSError(UPSStatus.WRONG_TRANSACTION_UID)
     if current == requested:
         already = UPSStatus.ALREADY_COMPLETED if requested == State.COMPLETED.value else UPSStatus.ALREADY_CANCELED
         return WorkitemChange(None, (), int(already))
@@ -386,6 +385,23 @@ def apply_state_change(record: WorkitemRecord, requested: str | None, transactio
         raise UPSError(UPSStatus.FINAL_STATE_NOT_MET, "missing: " + ", ".join(missing))
     attrs[STATE] = _text("CS", requested)
     return WorkitemChange(dumps(attrs), [state_report(record.uid, attrs)])
+
+
+def _check_transaction_uid(current: str, given: str | None, owner: str | None) -> None:
+    """C301 unless the request carries the correct Transaction UID for the current state.
+
+    A SCHEDULED workitem has none recorded, so any valid UID is correct there (the one a claim
+    records); once claimed, only the recorded one is, also after the workitem reached a final state.
+    """
+    # Table CC.1.1-2, rows "... without correct transaction UID": C301 in every existing state,
+    # before the state is considered: a claim by someone else is C301, not C302 or C300 (PS3.4
+    # CC.2.1.2 Note 2 counts a second claimant's Transaction UID as the incorrect one).
+    if not given:
+        raise UPSError(UPSStatus.WRONG_TRANSACTION_UID, "Transaction UID (0008,1195) is missing")
+    if not is_valid_uid(str(given)):
+        raise UPSError(UPSStatus.WRONG_TRANSACTION_UID, f"{str(given)[:80]!r} is not a UID")
+    if current != State.SCHEDULED.value and given != owner:
+        raise UPSError(UPSStatus.WRONG_TRANSACTION_UID, "it is not the one the workitem was claimed with")
 
 
 def _progress_item(attrs: dict[str, Any]) -> dict[str, Any]:

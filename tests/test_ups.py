@@ -207,7 +207,7 @@ def test_ups_retrieve_unknown_or_unacceptable_returns_404_or_406(dicomweb_client
     dicomweb_client.get(f"/workitems/{uid}", headers={"Accept": "image/png"}, status=406)
 
 
-# -- change state: every illegal transition ------------------------------------------------------------
+# -- change state: every cell of PS3.4 Table CC.1.1-2 --------------------------------------------------
 
 def _in_progress(client) -> tuple[str, str]:
     uid, _ = create(client)
@@ -216,41 +216,109 @@ def _in_progress(client) -> tuple[str, str]:
     return uid, tuid
 
 
-@pytest.mark.parametrize("setup, requested, use_owner, status, reason", [
-    ("SCHEDULED", "COMPLETED", True, 409, "C310H"),
-    ("SCHEDULED", "CANCELED", True, 409, "C310H"),
-    ("SCHEDULED", "SCHEDULED", True, 409, "C303H"),
-    ("IN PROGRESS", "IN PROGRESS", True, 409, "C302H"),
-    ("IN PROGRESS", "IN PROGRESS", False, 409, "C302H"),
-    ("IN PROGRESS", "COMPLETED", False, 400, "C301H"),
-    ("IN PROGRESS", "COMPLETED", True, 409, "C304H"),
-    ("IN PROGRESS", "CANCELED", True, 409, "C304H"),
-    ("COMPLETED", "CANCELED", True, 409, "C300H"),
-    ("COMPLETED", "IN PROGRESS", True, 409, "C300H"),
-    ("CANCELED", "COMPLETED", True, 409, "C300H"),
-    ("COMPLETED", "IN PROGRESS", False, 409, "C300H"),
-    ("CANCELED", "IN PROGRESS", False, 409, "C300H"),
-])
-def test_ups_change_state_illegal_transition_returns_status_and_reason(dicomweb_client, setup, requested, use_owner, status, reason):
-    uid, tuid = _in_progress(dicomweb_client) if setup != "SCHEDULED" else (create(dicomweb_client)[0], None)
-    if setup == "COMPLETED":
-        dicomweb_client.post(f"/workitems/{uid}?{tuid}", body(completion_dataset()), headers=JSON, status=200)
-        put_state(dicomweb_client, uid, "COMPLETED", tuid)
-    elif setup == "CANCELED":
-        dicomweb_client.post(f"/workitems/{uid}/subscribers/WATCHER", status=201)
-        _cancel_in_progress(dicomweb_client, uid, tuid)
-    owner = tuid or generate_uid()
-    resp = put_state(dicomweb_client, uid, requested, owner if use_owner else generate_uid(), status=status)
-    assert reason in warning(resp) and resp.text.startswith(reason)
-
-
-def _cancel_in_progress(client, uid: str, tuid: str) -> None:
+def discontinuation() -> Dataset:
+    """An update giving the reason a CANCELED workitem needs (PS3.4 Table CC.2.5-3, Final State X)."""
     item = Dataset()
     item.ProcedureStepDiscontinuationReasonCodeSequence = [code("110514", "Incorrect worklist entry", "DCM")]
     ds = Dataset()
     ds.ProcedureStepProgressInformationSequence = [item]
-    client.post(f"/workitems/{uid}?{tuid}", body(ds), headers=JSON, status=200)
+    return ds
+
+
+def _cancel_in_progress(client, uid: str, tuid: str) -> None:
+    client.post(f"/workitems/{uid}?{tuid}", body(discontinuation()), headers=JSON, status=200)
     put_state(client, uid, "CANCELED", tuid)
+
+
+def workitem_in(client, column: str) -> tuple[str, str | None]:
+    """A workitem made through HTTP in the state of ``column`` and the Transaction UID it was claimed
+    with (None while SCHEDULED). ``READY`` is IN PROGRESS holding what both final states require."""
+    uid, _ = create(client)
+    if column == "SCHEDULED":
+        return uid, None
+    tuid = generate_uid()
+    put_state(client, uid, "IN PROGRESS", tuid)
+    if column in ("READY", "COMPLETED"):
+        client.post(f"/workitems/{uid}?{tuid}", body(completion_dataset()), headers=JSON, status=200)
+    if column in ("READY", "CANCELED"):
+        client.post(f"/workitems/{uid}?{tuid}", body(discontinuation()), headers=JSON, status=200)
+    if column in workflow.FINAL_STATES:
+        put_state(client, uid, column, tuid)
+    return uid, tuid
+
+
+def state_of(client, uid: str) -> str:
+    return client.get(f"/workitems/{uid}", status=200).json[0]["00741000"]["Value"][0]
+
+
+# Table CC.1.1-2: the status of each event (row) in each state (column). READY is IN PROGRESS with
+# the final state requirements met, so that the "If Final State Requirements met" cells can succeed.
+# "0000" means the change is made. The column for a workitem that does not exist (C307) is tested apart.
+CC_COLUMNS = ("SCHEDULED", "IN PROGRESS", "READY", "COMPLETED", "CANCELED")
+CC_1_1_2 = {
+    ("IN PROGRESS", "correct"): ("0000", "C302", "C302", "C300", "C300"),
+    ("IN PROGRESS", "incorrect"): ("C301",) * 5,
+    ("SCHEDULED", "correct"): ("C303",) * 5,
+    ("SCHEDULED", "incorrect"): ("C303",) * 5,
+    ("COMPLETED", "correct"): ("C310", "C304", "0000", "B306", "C300"),
+    ("COMPLETED", "incorrect"): ("C301",) * 5,
+    ("CANCELED", "correct"): ("C310", "C304", "0000", "C300", "B304"),
+    ("CANCELED", "incorrect"): ("C301",) * 5,
+}
+# PS3.18 Table 11.7.3-1: the HTTP status of each; Table 11.7.3-2: the Warning message of each.
+HTTP_OF = {"0000": 200, "B304": 200, "B306": 200, "C301": 400, "C300": 409, "C302": 409, "C303": 409,
+           "C304": 409, "C310": 409, "C307": 404}
+INCONSISTENT = "The submitted request is inconsistent with the state of the UPS Instance."
+TUID_KINDS = {"correct": ("owner",), "incorrect": ("other", "missing", "malformed")}
+
+
+def _cells() -> list:
+    cells = []
+    for (requested, correctness), row in CC_1_1_2.items():
+        for column, status in zip(CC_COLUMNS, row):
+            for kind in TUID_KINDS[correctness]:
+                if column == "SCHEDULED" and kind == "other":
+                    continue  # nothing is recorded yet, so any valid UID is the correct one
+                cells.append(pytest.param(column, requested, kind, status, id=f"{column}-{requested}-{kind}"))
+    return cells
+
+
+def state_json(state: str, tuid: str | None) -> str:
+    ds = {"00741000": {"vr": "CS", "Value": [state]}}
+    if tuid is not None:
+        ds["00081195"] = {"vr": "UI", "Value": [tuid]}
+    return json.dumps(ds)
+
+
+def _warning_expected(status: str, requested: str, kind: str) -> str:
+    if status in ("B304", "B306"):
+        return f"{status}H: The UPS is already in the requested state of {requested}"
+    if status == "C301":
+        return f"C301H: The Transaction UID is {'missing' if kind == 'missing' else 'incorrect'}."
+    return f"{status}H: {INCONSISTENT}"
+
+
+@pytest.mark.parametrize("column, requested, kind, status", _cells())
+def test_ups_change_state_follows_every_cell_of_table_cc_1_1_2(dicomweb_client, column, requested, kind, status):
+    uid, owner = workitem_in(dicomweb_client, column)
+    tuid = {"owner": owner or generate_uid(), "other": generate_uid(), "missing": None, "malformed": "not-a-uid"}[kind]
+    resp = dicomweb_client.put(f"/workitems/{uid}/state", state_json(requested, tuid), headers=JSON,
+                               status=HTTP_OF[status])
+    before = "IN PROGRESS" if column == "READY" else column
+    assert state_of(dicomweb_client, uid) == (requested if status == "0000" else before)
+    if status == "0000":
+        assert not warning(resp)
+    else:
+        assert _warning_expected(status, requested, kind) in warning(resp)
+    if status.startswith("C"):
+        assert resp.text.startswith(f"{status}H")
+
+
+@pytest.mark.parametrize("requested", ["IN PROGRESS", "SCHEDULED", "COMPLETED", "CANCELED"])
+def test_ups_change_state_of_unknown_workitem_returns_404_c307(dicomweb_client, requested):
+    resp = dicomweb_client.put(f"/workitems/{generate_uid()}/state", state_json(requested, generate_uid()),
+                               headers=JSON, status=404)
+    assert "C307H" in warning(resp)
 
 
 def test_ups_change_state_to_current_final_state_returns_200_with_warning(dicomweb_client):
@@ -286,18 +354,19 @@ def test_ups_change_state_concurrent_claims_exactly_one_succeeds(dicomweb_app):
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(results) == [200] + [409] * 5
+    # The first claim records its Transaction UID; the others bring an incorrect one (PS3.4 CC.2.1.2).
+    assert sorted(results) == [200] + [400] * 5
 
 
 # -- update ------------------------------------------------------------------------------------------
 
-def test_ups_update_without_ownership_or_patient_change_returns_400(dicomweb_client):
+def test_ups_update_without_ownership_or_patient_change_is_refused(dicomweb_client):
     uid, _ = create(dicomweb_client)
     change = Dataset()
     change.ProcedureStepLabel = "renamed"
     dicomweb_client.post(f"/workitems/{uid}", body(change), headers=JSON, status=200)
-    resp = dicomweb_client.post(f"/workitems/{uid}?{generate_uid()}", body(change), headers=JSON, status=400)
-    assert "C301H" in warning(resp)
+    resp = dicomweb_client.post(f"/workitems/{uid}?{generate_uid()}", body(change), headers=JSON, status=409)
+    assert "C310H" in warning(resp)
     tuid = generate_uid()
     put_state(dicomweb_client, uid, "IN PROGRESS", tuid)
     dicomweb_client.post(f"/workitems/{uid}", body(change), headers=JSON, status=400)
@@ -311,7 +380,76 @@ def test_ups_update_without_ownership_or_patient_change_returns_400(dicomweb_cli
     assert dicomweb_client.get(f"/workitems/{uid}", status=200).json[0]["00741204"]["Value"] == ["renamed"]
 
 
+# PS3.4 CC.2.6.3 and Table CC.2.6-1: a SCHEDULED workitem is updated without a Transaction UID (one
+# given names a claim that does not exist: C310), an IN PROGRESS one only with its owner's (C301), a
+# final one never, whatever it brings (C300). HTTP status per PS3.18 Table 11.6.3-1, Warning message
+# per Table 11.6.3-2.
+UNCLAIMED = "The target URI did not reference a claimed Workitem."
+FINAL = "The submitted request is inconsistent with the current state of the Workitem."
+UPDATE_CELLS = {
+    ("SCHEDULED", "missing"): (200, None, None), ("SCHEDULED", "other"): (409, "C310", UNCLAIMED),
+    ("IN PROGRESS", "owner"): (200, None, None), ("IN PROGRESS", "other"): (400, "C301", UNCLAIMED),
+    ("IN PROGRESS", "missing"): (400, "C301", UNCLAIMED),
+    **{(state, kind): (400, "C300", FINAL)
+       for state in workflow.FINAL_STATES for kind in ("owner", "other", "missing")},
+}
+UPDATE_REQUESTS = [(state, kind, where) for state, kind in UPDATE_CELLS for where in ("query", "dataset")
+                   if kind != "missing" or where == "query"]
+
+
+@pytest.mark.parametrize("state, kind, where", UPDATE_REQUESTS)
+def test_ups_update_follows_state_and_transaction_uid(dicomweb_client, state, kind, where):
+    http, status, phrase = UPDATE_CELLS[(state, kind)]
+    uid, owner = workitem_in(dicomweb_client, state)
+    tuid = {"owner": owner, "other": generate_uid(), "missing": None}[kind]
+    change = Dataset()
+    change.ProcedureStepLabel = "renamed"
+    if tuid and where == "dataset":
+        change.TransactionUID = tuid
+    url = f"/workitems/{uid}?transaction-uid={tuid}" if tuid and where == "query" else f"/workitems/{uid}"
+    resp = dicomweb_client.post(url, body(change), headers=JSON, status=http)
+    label = dicomweb_client.get(f"/workitems/{uid}", status=200).json[0]["00741204"]["Value"][0]
+    assert label == ("renamed" if status is None else "Lung nodule CAD")
+    if status:
+        assert f"{status}H: {phrase}" in warning(resp) and resp.text.startswith(f"{status}H")
+
+
 # -- request cancellation -------------------------------------------------------------------------------
+
+# Table CC.1.1-2, row "N-ACTION to Request Cancel", and CC.2.2.3: the request carries no Transaction UID
+# (Table CC.2.2-1), so one in the dataset changes nothing; an IN PROGRESS workitem nobody subscribed to
+# cannot reach its performer (C312). PS3.18 Table 11.8.3-1 for the HTTP status.
+CANCEL_CELLS = {  # state: (HTTP, UPS status, state afterwards)
+    "SCHEDULED": (202, None, "CANCELED"), "IN PROGRESS": (202, None, "IN PROGRESS"),
+    "UNREACHABLE": (409, "C312", "IN PROGRESS"), "COMPLETED": (409, "C311", "COMPLETED"),
+    "CANCELED": (202, "B304", "CANCELED"),
+}
+
+
+@pytest.mark.parametrize("state", list(CANCEL_CELLS))
+@pytest.mark.parametrize("kind", ["missing", "owner", "other"])
+def test_ups_cancel_request_follows_state_whatever_transaction_uid(dicomweb_client, state, kind):
+    http, status, after = CANCEL_CELLS[state]
+    uid, owner = workitem_in(dicomweb_client, "IN PROGRESS" if state == "UNREACHABLE" else state)
+    if state == "IN PROGRESS":
+        dicomweb_client.post(f"/workitems/{uid}/subscribers/PERFORMER", status=201)
+    request = Dataset()
+    request.ReasonForCancellation = "ordered twice"
+    tuid = {"owner": owner or generate_uid(), "other": generate_uid(), "missing": None}[kind]
+    if tuid:
+        request.TransactionUID = tuid
+    resp = dicomweb_client.post(f"/workitems/{uid}/cancelrequest", body(request), headers=JSON, status=http)
+    assert state_of(dicomweb_client, uid) == after
+    assert (f"{status}H" in warning(resp)) if status else not warning(resp)
+
+
+def test_ups_update_and_cancel_request_of_unknown_workitem_return_404_c307(dicomweb_client):
+    change = Dataset()
+    change.ProcedureStepLabel = "renamed"
+    assert "C307H" in warning(dicomweb_client.post(f"/workitems/{generate_uid()}", body(change), headers=JSON,
+                                                   status=404))
+    assert "C307H" in warning(dicomweb_client.post(f"/workitems/{generate_uid()}/cancelrequest", status=404))
+
 
 def test_ups_cancel_request_scheduled_workitem_is_canceled(dicomweb_client):
     uid, _ = create(dicomweb_client)

@@ -57,12 +57,14 @@ def status_of(call) -> int:
 @pytest.mark.parametrize("start, requested, tuid, expected", [
     ("SCHEDULED", "IN PROGRESS", OWNER, UPSStatus.SUCCESS),
     ("IN PROGRESS", "IN PROGRESS", OWNER, UPSStatus.ALREADY_IN_PROGRESS),
-    ("IN PROGRESS", "IN PROGRESS", OTHER, UPSStatus.ALREADY_IN_PROGRESS),
+    ("IN PROGRESS", "IN PROGRESS", OTHER, UPSStatus.WRONG_TRANSACTION_UID),
     ("COMPLETED", "IN PROGRESS", OWNER, UPSStatus.MAY_NO_LONGER_BE_UPDATED),
-    ("COMPLETED", "IN PROGRESS", OTHER, UPSStatus.MAY_NO_LONGER_BE_UPDATED),
-    ("CANCELED", "IN PROGRESS", OTHER, UPSStatus.MAY_NO_LONGER_BE_UPDATED),
+    ("COMPLETED", "IN PROGRESS", OTHER, UPSStatus.WRONG_TRANSACTION_UID),
+    ("CANCELED", "IN PROGRESS", OTHER, UPSStatus.WRONG_TRANSACTION_UID),
     ("SCHEDULED", "SCHEDULED", OWNER, UPSStatus.MAY_ONLY_BECOME_SCHEDULED_ON_CREATE),
     ("IN PROGRESS", "SCHEDULED", OWNER, UPSStatus.MAY_ONLY_BECOME_SCHEDULED_ON_CREATE),
+    ("IN PROGRESS", "SCHEDULED", None, UPSStatus.MAY_ONLY_BECOME_SCHEDULED_ON_CREATE),
+    ("COMPLETED", "SCHEDULED", OTHER, UPSStatus.MAY_ONLY_BECOME_SCHEDULED_ON_CREATE),
     ("SCHEDULED", "COMPLETED", OWNER, UPSStatus.NOT_IN_PROGRESS),
     ("SCHEDULED", "CANCELED", OWNER, UPSStatus.NOT_IN_PROGRESS),
     ("IN PROGRESS", "COMPLETED", OTHER, UPSStatus.WRONG_TRANSACTION_UID),
@@ -88,11 +90,12 @@ def test_state_change_claim_records_transaction_uid_and_reports_state():
     assert json.loads(event.attrs_json)["00741000"]["Value"] == ["IN PROGRESS"]
 
 
-@pytest.mark.parametrize("state, tuid", [("IN PROGRESS", None), ("IN PROGRESS", ""), ("SCHEDULED", "not-a-uid")])
-def test_state_change_without_valid_transaction_uid_is_refused(state, tuid):
+@pytest.mark.parametrize("state, tuid", [("IN PROGRESS", None), ("IN PROGRESS", ""), ("SCHEDULED", "not-a-uid"),
+                                         ("SCHEDULED", None), ("COMPLETED", "not-a-uid")])
+def test_state_change_without_valid_transaction_uid_is_c301(state, tuid):
     with pytest.raises(UPSError) as err:
         workflow.apply_state_change(record(in_state(state)), "IN PROGRESS", tuid, NOW)
-    assert err.value.status in (UPSStatus.WRONG_TRANSACTION_UID, UPSStatus.INVALID_ATTRIBUTE_VALUE)
+    assert err.value.status == UPSStatus.WRONG_TRANSACTION_UID
 
 
 def test_state_change_to_unknown_state_is_invalid():
@@ -219,10 +222,10 @@ def test_create_with_station_reports_state_and_assignment():
 
 # -- N-SET -------------------------------------------------------------------------------------------
 
-def test_update_scheduled_refuses_a_transaction_uid():
+def test_update_scheduled_refuses_a_transaction_uid_as_not_in_progress():
     with pytest.raises(UPSError) as err:
         workflow.apply_update(record(in_state("SCHEDULED")), {}, OWNER, NOW)
-    assert err.value.status == UPSStatus.WRONG_TRANSACTION_UID
+    assert err.value.status == UPSStatus.NOT_IN_PROGRESS
 
 
 @pytest.mark.parametrize("tuid", [None, OTHER])

@@ -14,8 +14,9 @@ Request payloads: ``application/dicom+json`` (an object or an array of one) and
 ``application/dicom+xml``; responses in the same two (search results in XML as
 ``multipart/related``). Event reports go out on the WebSocket channel (``events.py``).
 
-A refused request carries its UPS status in ``Warning: 299 <host> "C301H: …"`` (PS3.4 CC.2.x.4)
-and an HTTP status from the transaction's table in PS3.18 §11.x.3.
+A refused request carries its UPS status in ``Warning: 299 <host> "C301H: …"`` (PS3.4 CC.2.x.4),
+for Update and Change State followed by the message PS3.18 §11.6.3.2 / §11.7.3.2 prescribes, and an
+HTTP status from the transaction's table in PS3.18 §11.x.3.
 
 Ignores: ``fuzzymatching`` (person names always match case- and accent-insensitively), unknown
 query parameters (named in a Warning). Deletion locks are always granted.
@@ -51,7 +52,8 @@ SEARCH_OFFERS = RETRIEVE_OFFERS
 
 # UPS status -> HTTP error class, per transaction (PS3.18 Tables 11.4.3-1 … 11.8.3-1); others are 400.
 CREATE_ERRORS: dict[UPSStatus, type[DicomWebError]] = {UPSStatus.DUPLICATE_SOP_INSTANCE: Conflict}
-UPDATE_ERRORS: dict[UPSStatus, type[DicomWebError]] = {UPSStatus.NO_SUCH_WORKITEM: NotFound}
+UPDATE_ERRORS: dict[UPSStatus, type[DicomWebError]] = {UPSStatus.NO_SUCH_WORKITEM: NotFound,
+                                                       UPSStatus.NOT_IN_PROGRESS: Conflict}
 STATE_ERRORS: dict[UPSStatus, type[DicomWebError]] = {
     UPSStatus.NO_SUCH_WORKITEM: NotFound,
     **{status: Conflict for status in (UPSStatus.MAY_NO_LONGER_BE_UPDATED, UPSStatus.ALREADY_IN_PROGRESS,
@@ -64,6 +66,17 @@ CANCEL_ERRORS: dict[UPSStatus, type[DicomWebError]] = {
 }
 SUBSCRIBE_ERRORS: dict[UPSStatus, type[DicomWebError]] = {UPSStatus.NO_SUCH_WORKITEM: NotFound}
 
+# The Warning messages PS3.18 prescribes for a refusal (§11.6.3.2 Update, §11.7.3.2 Change State);
+# those of Request Cancellation (§11.8.3.2) are the PS3.4 meanings themselves.
+TUID_MISSING = "The Transaction UID is missing."
+TUID_INCORRECT = "The Transaction UID is incorrect."
+STATE_INCONSISTENT = "The submitted request is inconsistent with the state of the UPS Instance."
+UNCLAIMED = "The target URI did not reference a claimed Workitem."
+UPDATE_PHRASES: dict[UPSStatus, str] = {
+    UPSStatus.WRONG_TRANSACTION_UID: UNCLAIMED, UPSStatus.NOT_IN_PROGRESS: UNCLAIMED,
+    UPSStatus.MAY_NO_LONGER_BE_UPDATED: "The submitted request is inconsistent with the current state of the Workitem.",
+}
+
 
 # -- helpers ------------------------------------------------------------------------------------------
 
@@ -75,10 +88,18 @@ def _now() -> str:
     return datetime.now().strftime("%Y%m%d%H%M%S")
 
 
-def _refuse(req: Request, exc: UPSError, errors: Mapping[UPSStatus, type[DicomWebError]]) -> DicomWebError:
-    """The HTTP error for a refused UPS request, with its DICOM status in a Warning header."""
+def _refuse(req: Request, exc: UPSError, errors: Mapping[UPSStatus, type[DicomWebError]],
+            phrases: Mapping[UPSStatus, str] | None = None) -> DicomWebError:
+    """The HTTP error for a refused UPS request, with its DICOM status in a Warning header.
+
+    Where PS3.18 prescribes the Warning's message (``phrases``), the header carries it after the
+    status code, with the PS3.4 meaning or the detail in parentheses.
+    """
     cls = errors.get(exc.status, BadRequest)
-    return cls(str(exc), headers={"Warning": warning_value(req.base_url, str(exc))})
+    phrase = (phrases or {}).get(exc.status)
+    text = str(exc) if phrase is None else \
+        f"{int(exc.status):04X}H: {phrase} ({exc.detail or workflow.MEANINGS[exc.status]})"
+    return cls(str(exc), headers={"Warning": warning_value(req.base_url, text)})
 
 
 def _reply(req: Request, http_status: int, ups_status: int, detail: str = "") -> Response:
@@ -94,12 +115,12 @@ def _missing(req: Request, uid: str) -> DicomWebError:
 
 
 def _decide(req: Request, uid: str, decide: Callable[[WorkitemRecord], Any],
-            errors: Mapping[UPSStatus, type[DicomWebError]]) -> Any:
+            errors: Mapping[UPSStatus, type[DicomWebError]], phrases: Mapping[UPSStatus, str] | None = None) -> Any:
     """Run a workflow rule on the stored workitem in one transaction; 404 when unknown."""
     try:
         outcome = _store(req).change(uid, decide)
     except UPSError as exc:
-        raise _refuse(req, exc, errors) from exc
+        raise _refuse(req, exc, errors, phrases) from exc
     if outcome is None:
         raise _missing(req, uid)
     return outcome
@@ -204,14 +225,15 @@ def retrieve_workitem(req: Request, workitem_uid: str) -> Response:
 
 def update_workitem(req: Request, workitem_uid: str) -> Response:
     """Update Workitem (PS3.18 §11.6): 200; 400 final state, wrong or missing Transaction UID, invalid
-    dataset; 404."""
+    dataset; 404; 409 a Transaction UID for a workitem nobody claimed."""
     changes = _read_dataset(req)
     given = _query_uid(req, ("transaction-uid", "Transaction-uid", "transaction", "TransactionUID"))
     in_dataset = workflow.first(changes, workflow.TRANSACTION_UID)
     if given and in_dataset and given != in_dataset:
         raise BadRequest("the Transaction UID in the query differs from the one in the dataset")
     now = _now()
-    _decide(req, workitem_uid, lambda record: workflow.apply_update(record, changes, given, now), UPDATE_ERRORS)
+    _decide(req, workitem_uid, lambda record: workflow.apply_update(record, changes, given, now), UPDATE_ERRORS,
+            UPDATE_PHRASES)
     resp = Response(200)
     resp.add_header("Content-Location", _location(req, workitem_uid))
     return resp
@@ -225,8 +247,11 @@ def change_workitem_state(req: Request, workitem_uid: str) -> Response:
     state = workflow.first(body, workflow.STATE)
     transaction_uid = workflow.first(body, workflow.TRANSACTION_UID)
     now = _now()
+    phrases = {status: STATE_INCONSISTENT for status, error in STATE_ERRORS.items() if error is Conflict}
+    phrases[UPSStatus.WRONG_TRANSACTION_UID] = TUID_INCORRECT if transaction_uid else TUID_MISSING
     outcome = _decide(req, workitem_uid,
-                      lambda record: workflow.apply_state_change(record, state, transaction_uid, now), STATE_ERRORS)
+                      lambda record: workflow.apply_state_change(record, state, transaction_uid, now), STATE_ERRORS,
+                      phrases)
     return _reply(req, 200, outcome.status)
 
 
