@@ -126,9 +126,10 @@ class DicomWebApp:
 
         CORS preflights never get here: browsers send them without credentials.
         """
-        principal = self.auth.check(req.method, req.path, req.environ)
+        principal = self.auth.identify(req.environ)
         if principal.how != "open":
             req.user = principal.name
+        self.auth.authorize(principal, req.method, req.path)
         if self.settings.read_only and req.method in WRITE_METHODS:
             found = self.ctx.router.match(req.path)
             if found is None:

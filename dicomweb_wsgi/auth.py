@@ -84,7 +84,7 @@ def verify_password(password: str, encoded: str) -> bool:
             got = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, int(parts[1]), len(expected))
         else:
             return False
-    except (ValueError, binascii.Error):
+    except (ValueError, OverflowError, binascii.Error):
         return False
     return hmac.compare_digest(got, expected)
 
@@ -95,6 +95,7 @@ def new_token() -> str:
 
 
 def hash_token(token: str) -> str:
+    """The form a tokens file keeps (``sha256$hex``): enough for 256 random bits, and fast per request."""
     return "sha256$" + hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
@@ -124,53 +125,79 @@ def parse_credentials(text: str, source: str) -> dict[str, Entry]:
     return entries
 
 
+Stamp = tuple[int, int, int, int]
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    """What tells one version of a file from another: an atomic rewrite (``update_credentials``) always
+    makes a new inode, even when the size and the timestamp (one clock tick) stay the same."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class CredentialFile:
-    """A users or tokens file, re-read when its size or modification time changes."""
+    """A users or tokens file, re-read when it is replaced or its size or modification time changes.
+
+    A version that cannot be read or parsed while the server runs leaves the last good one in force
+    and is reported once, not on every request.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: Stamp | None = None
+        self._failed: Stamp | str | None = None  # the bad version (or stat error) last reported
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
         self.changed = 0  # bumped on every reload, so caches know to forget
         self.entries()  # a missing or malformed file stops the start-up
 
     def entries(self) -> dict[str, Entry]:
+        """The current entries, re-read first if the file changed."""
         try:
             st = os.stat(self.path)
         except OSError as exc:
             if self._stamp is None:
                 raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from exc
-            log.error("cannot read %s (%s); keeping the last good version", self.path, exc.strerror)
+            self._report(str(exc.strerror), f"cannot read {self.path} ({exc.strerror})")
             return self._entries
-        stamp = (st.st_mtime, st.st_size)
-        if stamp != self._stamp:
+        stamp = _stamp(st)
+        if isinstance(self._failed, str):
+            self._failed = None
+        if stamp != self._stamp and stamp != self._failed:
             with self._lock:
-                if stamp != self._stamp:
+                if stamp != self._stamp and stamp != self._failed:
                     self._reload(stamp)
         return self._entries
 
-    def _reload(self, stamp: tuple[float, int]) -> None:
+    def _reload(self, stamp: Stamp) -> None:
         try:
             with open(self.path, encoding="utf-8") as fh:
                 entries = parse_credentials(fh.read(), self.path)
         except (OSError, ConfigError, UnicodeDecodeError) as exc:
             if self._stamp is None:
                 raise ConfigError(f"cannot read {self.path}: {exc}") from exc
-            log.error("%s; keeping the last good version", exc)
+            self._report(stamp, str(exc))
             return
-        self._entries, self._stamp = entries, stamp
+        self._entries, self._stamp, self._failed = entries, stamp, None
         self.changed += 1
+
+    def _report(self, failure: Stamp | str, message: str) -> None:
+        """Log a bad version once (every request would otherwise log it again)."""
+        if failure != self._failed:
+            self._failed = failure
+            log.error("%s; keeping the last good version", message)
 
 
 def update_credentials(path: str, name: str, roles: Iterable[str], secret: str) -> None:
     """Add or replace ``name``'s line in a users or tokens file (written atomically, mode 0600).
 
     A file or folder the OS refuses (missing folder, no permission) is a ConfigError naming the file,
-    which the CLI prints on one line.
+    which the CLI prints on one line. So is a name the file could not give back as written: one with a
+    colon, surrounding spaces, a leading ``#`` (a comment line) or any character ``str.isprintable``
+    refuses, which covers every line break ``str.splitlines`` splits at (``\x85``, ``\u2028``, ``\v``...).
     """
-    if not name or any(c in name for c in ":\r\n") or name != name.strip():
-        raise ConfigError(f"invalid name {name!r}: no colons, line breaks or surrounding spaces")
+    if not name or ":" in name or not name.isprintable() or name != name.strip() or name.startswith("#"):
+        raise ConfigError(f"invalid name {name!r}: no colons, control characters or line breaks, "
+                          "surrounding spaces or leading '#'")
     role_list = [r.lower() for r in roles]
     unknown = sorted(set(role_list) - set(ROLES))
     if unknown:
@@ -213,7 +240,7 @@ class Authenticator:
     """Decides who a request comes from and whether that caller may use its method."""
 
     def __init__(self, settings: Settings) -> None:
-        self.realm = settings.auth_realm.replace('"', "'")
+        self.realm = _quoted(settings.auth_realm)
         self.users = CredentialFile(settings.auth_users_file) if settings.auth_users_file else None
         self.tokens = CredentialFile(settings.auth_tokens_file) if settings.auth_tokens_file else None
         self.user_header = settings.auth_user_header.strip()
@@ -233,20 +260,30 @@ class Authenticator:
 
     def check(self, method: str, path: str, environ: dict[str, Any]) -> Principal:
         """The caller, if allowed to use ``method`` on ``path``; raises Unauthorized (401) or Forbidden (403)."""
-        if not self.enabled:
-            return Principal("-", frozenset(ROLES), "open")
         principal = self.identify(environ)
+        self.authorize(principal, method, path)
+        return principal
+
+    def authorize(self, principal: Principal, method: str, path: str) -> None:
+        """Raise Unauthorized (401, anonymous) or Forbidden (403, known caller) unless ``principal`` may
+        use ``method`` on ``path``. Apart from ``identify`` so a refused caller can still be logged by name."""
         needed = METHOD_ROLES.get(method, "write")
         if needed == "delete" and not path.startswith("/studies"):
             needed = "write"
         if needed in principal.roles:
-            return principal
+            return
         if principal.how == "anonymous":
             raise self.challenge(f"authentication required ({needed} access)")
         raise Forbidden(f"user {principal.name!r} lacks the {needed!r} role")
 
     def identify(self, environ: dict[str, Any]) -> Principal:
-        """Who sent the request; raises Unauthorized for credentials that do not check out."""
+        """Who sent the request; raises Unauthorized for credentials that do not check out.
+
+        The 401 for an unknown scheme does not repeat it: a client that sends a bare token or password
+        has put its secret where the scheme goes.
+        """
+        if not self.enabled:
+            return Principal("-", frozenset(ROLES), "open")
         if self.user_header:
             value = environ.get("HTTP_" + self.user_header.upper().replace("-", "_"), "").strip()
             if value:
@@ -262,15 +299,15 @@ class Authenticator:
             return self._basic(credentials.strip(), environ)
         if scheme == "bearer" and self.tokens is not None:
             return self._bearer(credentials.strip())
-        raise self.challenge(f"unsupported authorization scheme {scheme[:20]!r}")
+        raise self.challenge("unsupported authorization scheme")
 
     def challenge(self, reason: str) -> Unauthorized:
         """A 401 naming every configured scheme (RFC 7617 Basic, RFC 6750 Bearer)."""
         schemes = []
         if self.users is not None or not self.tokens:
-            schemes.append(f'Basic realm="{self.realm}", charset="UTF-8"')
+            schemes.append(f'Basic realm={self.realm}, charset="UTF-8"')
         if self.tokens is not None:
-            schemes.append(f'Bearer realm="{self.realm}"')
+            schemes.append(f'Bearer realm={self.realm}')
         return Unauthorized(reason, headers={"WWW-Authenticate": ", ".join(schemes)})
 
     def _from_trusted_proxy(self, environ: dict[str, Any]) -> bool:
@@ -295,11 +332,15 @@ class Authenticator:
         except UnicodeDecodeError:
             text = decoded.decode("latin-1")
         name, sep, password = text.partition(":")
-        entry = self.users.entries().get(name)
+        entry = self.users.entries().get(name) if sep else None
         if entry is None:
             # As slow as a known user's check, so timing does not tell which names exist.
             verify_password(password, self._decoy())
-        if not sep or entry is None or not self._password_ok(entry, password):
+        if not sep:
+            # RFC 7617 §2: user-id ":" password. Without the colon the whole value may be a secret: not logged.
+            log.warning("malformed Basic credentials (no colon) from %s", _peer(environ) or "-")
+            raise self.challenge("malformed Basic credentials")
+        if entry is None or not self._password_ok(entry, password):
             log.warning("failed Basic login for %r from %s", name[:64], _peer(environ) or "-")
             raise self.challenge("wrong user name or password")
         return Principal(name, entry.roles, "basic")
@@ -323,12 +364,22 @@ class Authenticator:
         return True
 
     def _bearer(self, token: str) -> Principal:
+        """The token's entry, compared as bytes: ``compare_digest`` raises on a str with non-ASCII
+        characters, which one mistyped line of the file would turn into a 500 for every unknown token."""
         assert self.tokens is not None
-        digest = hash_token(token)
+        digest = hash_token(token).encode("ascii")
         for entry in self.tokens.entries().values():
-            if hmac.compare_digest(entry.secret, digest):
+            if hmac.compare_digest(entry.secret.encode("utf-8"), digest):
                 return Principal(entry.name, entry.roles, "bearer")
         raise self.challenge("unknown bearer token")
+
+
+def _quoted(value: str) -> str:
+    """``value`` as an RFC 9110 §5.6.4 quoted-string; ConfigError for characters a header cannot carry."""
+    if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F or ord(c) > 0xFF for c in value):
+        raise ConfigError(f"auth_realm {value!r} holds control characters or characters beyond Latin-1")
+    # RFC 9110 §5.6.4: inside a quoted-string, '"' and '\\' must be sent as quoted-pairs.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _peer(environ: dict[str, Any]) -> str:

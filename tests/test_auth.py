@@ -1,6 +1,7 @@
 """Built-in access control: Basic users, bearer tokens, proxy-authenticated users, roles, audit lines."""
 from __future__ import annotations
 
+import base64
 import logging
 import os
 
@@ -34,6 +35,11 @@ def secured(dicomweb_client_factory, credential_files):
 def _post(client, ds, headers=None, status=200):
     content_type, body = stow_body([ds])
     return client.post("/studies", body, headers={"Content-Type": content_type, **(headers or {})}, status=status)
+
+
+def _raw_basic(user_pass: bytes) -> dict[str, str]:
+    """Basic credentials from raw bytes (no colon, Latin-1, ...), which ``basic_auth`` cannot make."""
+    return {"Authorization": "Basic " + base64.b64encode(user_pass).decode("ascii")}
 
 
 def test_auth_no_credentials_returns_401_with_challenges(secured):
@@ -228,3 +234,153 @@ def test_cli_add_user_and_add_token_into_a_missing_folder_are_clear_errors(tmp_p
     assert err.splitlines() == [f"dicomweb-wsgi: configuration error: cannot write {missing}: "
                                 "No such file or directory"] * 2
     assert not (tmp_path / "no").exists()
+
+
+# -- review of the access-control code: defects found and fixed --------------------------------------
+def test_auth_unsupported_scheme_is_not_echoed(secured, caplog):
+    # A client that sends a bare token has put its secret where the scheme goes.
+    with caplog.at_level(logging.DEBUG):
+        resp = secured.get("/studies/1.2.3", headers={"Authorization": "SuperSecretApiKey0123456789"}, status=401)
+    assert "WWW-Authenticate" in resp.headers
+    assert "supersecret" not in resp.text.lower()
+    assert "supersecret" not in caplog.text.lower()
+
+
+def test_auth_basic_without_colon_is_malformed_and_not_logged(secured, caplog):
+    secret = "s3cr3t-api-key-in-basic"
+    with caplog.at_level(logging.DEBUG):
+        resp = secured.get("/studies/1.2.3", headers=_raw_basic(secret.encode()), status=401)
+    assert "WWW-Authenticate" in resp.headers and "malformed" in resp.text
+    assert secret not in caplog.text
+
+
+def test_auth_basic_without_colon_costs_a_known_name_what_it_costs_an_unknown_one(secured):
+    # Unknown names pay a decoy password check so timing does not tell which names exist; a known name
+    # sent without the colon (RFC 7617 user-pass = user-id ":" password) used to skip it: ~0 ms
+    # against ~100 ms for an unknown name, an oracle for the user list.
+    auth = secured.app.auth
+    assert auth._decoy_hash is None
+    secured.get("/studies/1.2.3", headers=_raw_basic(b"reader"), status=401)
+    assert auth._decoy_hash is not None
+
+
+def test_auth_users_file_replaced_within_one_clock_tick_is_reread(secured, credential_files):
+    users = credential_files[0]
+    secured.get("/studies/1.2.3", headers=basic_auth("reader", "r-secret"), status=404)
+    before = os.stat(users)
+    # A password change: same name, roles and hash length, so the same size; within one clock tick
+    # the modification time is the same too. The rewrite is atomic, so the inode is new.
+    update_credentials(users, "reader", ["read"], hash_password("r-changed", n=FAST))
+    os.utime(users, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(users).st_size == before.st_size
+    secured.get("/studies/1.2.3", headers=basic_auth("reader", "r-secret"), status=401)
+    secured.get("/studies/1.2.3", headers=basic_auth("reader", "r-changed"), status=404)
+
+
+def test_auth_malformed_users_file_while_running_keeps_last_version_and_is_reported_once(secured, credential_files,
+                                                                                        caplog):
+    users = credential_files[0]
+    secured.get("/studies/1.2.3", headers=basic_auth("reader", "r-secret"), status=404)
+    with open(users, "a") as fh:
+        fh.write("half-written line\n")
+    with caplog.at_level(logging.ERROR, logger="dicomweb_wsgi.auth"):
+        for _ in range(3):
+            secured.get("/studies/1.2.3", headers=basic_auth("reader", "r-secret"), status=404)
+    errors = [r for r in caplog.records if r.name == "dicomweb_wsgi.auth" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "keeping the last good version" in errors[0].getMessage()
+
+
+def test_auth_tokens_file_with_a_non_ascii_line_answers_401_not_500(dicomweb_client_factory, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("typo:read:sha256$caf\u00e9\nviewer:read:" + hash_token("tok-viewer") + "\n", encoding="utf-8")
+    client = dicomweb_client_factory(auth_tokens_file=str(tokens))
+    client.get("/studies/1.2.3", headers=bearer_auth("tok-unknown"), status=401)
+    client.get("/studies/1.2.3", headers=bearer_auth("tok-viewer"), status=404)
+
+
+def test_auth_users_file_with_absurd_hash_cost_answers_401_not_500(dicomweb_client_factory, tmp_path):
+    users = tmp_path / "users"
+    users.write_text(f"odd:read:scrypt${2 ** 70}$8$1$AAAA$AAAA\n")
+    client = dicomweb_client_factory(auth_users_file=str(users))
+    client.get("/studies/1.2.3", headers=basic_auth("odd", "x"), status=401)
+    assert not verify_password("x", f"pbkdf2_sha256${2 ** 70}$AAAA$AAAA")
+
+
+def test_auth_realm_is_sent_as_a_quoted_string(dicomweb_client_factory, credential_files, tmp_path):
+    from dicomweb_wsgi.app import make_app
+
+    client = dicomweb_client_factory(auth_users_file=credential_files[0], auth_realm='PACS "main" C:\\')
+    challenge = client.get("/studies/1.2.3", status=401).headers["WWW-Authenticate"]
+    # RFC 9110 §5.6.4: '"' and '\' travel as quoted-pairs; a bare trailing '\' would escape the closing quote.
+    assert challenge == 'Basic realm="PACS \\"main\\" C:\\\\", charset="UTF-8"'
+    with pytest.raises(ConfigError, match="auth_realm"):
+        make_app({"data_dir": str(tmp_path / "d"), "auth_users_file": credential_files[0],
+                  "auth_realm": "two\nlines"})
+
+
+@pytest.mark.parametrize("name", ["#alice", "a\x85b", "a\u2028b", "a\x0bb", "a\tb", "a\x00b"])
+def test_update_credentials_refuses_names_the_file_cannot_give_back(tmp_path, name):
+    users = tmp_path / "users"
+    update_credentials(str(users), "reader", ["read"], hash_password("r", n=FAST))
+    with pytest.raises(ConfigError, match="invalid name"):
+        update_credentials(str(users), name, ["read"], hash_password("x", n=FAST))
+    from dicomweb_wsgi.auth import CredentialFile
+
+    assert list(CredentialFile(str(users)).entries()) == ["reader"]
+
+
+def test_access_log_names_a_user_refused_by_role(secured, caplog):
+    with caplog.at_level(logging.INFO, logger="dicomweb_wsgi.access"):
+        _post(secured, make_dataset(), basic_auth("reader", "r-secret"), status=403)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dicomweb_wsgi.access"]
+    assert len(lines) == 1 and " reader POST /studies 403 " in lines[0]
+
+
+# -- behaviour checked in the review and found right: kept from regressing ----------------------------
+@pytest.mark.parametrize("header, status", [
+    ("bAsIc " + base64.b64encode(b"reader:r-secret").decode(), 404),  # scheme is case-insensitive
+    ("Basic    " + base64.b64encode(b"reader:r-secret").decode() + "  ", 404),
+    ("Basic " + base64.b64encode(b"reader:r-secret").decode()[:-1], 401),  # bad padding
+    ("Basic cmVh ZGVyOnItc2VjcmV0", 401),  # a space inside
+    ("Basic", 401),
+    ("Basic " + "A" * 20000, 401),
+    ("Bearer", 401),
+    ("Bearer tok-modality extra", 401),
+])
+def test_auth_authorization_header_parsing(secured, header, status):
+    secured.get("/studies/1.2.3", headers={"Authorization": header}, status=status)
+
+
+def test_auth_password_with_colons_and_latin1_bytes(dicomweb_client_factory, tmp_path):
+    users = tmp_path / "users"
+    update_credentials(str(users), "jos\u00e9", ["read"], hash_password("p\u00e4ss:w:rd", n=FAST))
+    client = dicomweb_client_factory(auth_users_file=str(users))
+    client.get("/studies/1.2.3", headers=basic_auth("jos\u00e9", "p\u00e4ss:w:rd"), status=404)  # UTF-8
+    client.get("/studies/1.2.3", headers=_raw_basic("jos\u00e9:p\u00e4ss:w:rd".encode("latin-1")), status=404)
+    client.get("/studies/1.2.3", headers=_raw_basic(b"jos\xc3\xa9:p\xff"), status=401)
+
+
+def test_auth_roles_per_route(secured):
+    reader, writer, modality = basic_auth("reader", "r-secret"), basic_auth("writer", "w-secret"), bearer_auth(
+        "tok-modality")
+    secured.options("/", status=401)  # Retrieve Capabilities is a read
+    secured.options("/", headers=reader, status=200)
+    secured.get("/color-palettes", headers=modality, status=403)
+    secured.get("/workitems", headers=reader, status=(200, 204))
+    # A UPS unsubscribe is a write, not a deletion of data; a study DELETE needs the delete role.
+    secured.delete("/workitems/1.2.3/subscribers/VIEWER", headers=reader, status=403)
+    assert secured.delete("/workitems/1.2.3/subscribers/VIEWER", headers=writer, expect_errors=True).status_int \
+        not in (401, 403)
+    secured.delete("/studies/1.2.3", headers=writer, status=403)
+    secured.delete("/studies/1.2.3", headers=basic_auth("admin", "a-secret"), status=404)
+
+
+def test_auth_trusted_proxy_header_wins_over_authorization(proxied):
+    # The proxy's word decides; a client's own Basic credentials do not raise the proxy user's roles.
+    content_type, body = stow_body([make_dataset()])
+    proxied.post("/studies", body, headers={"Content-Type": content_type, "X-Remote-User": "sso-dave",
+                                            **basic_auth("writer", "w-secret")},
+                 extra_environ={"REMOTE_ADDR": "127.0.0.1"}, status=403)
+    # From an untrusted peer the header is ignored and the credentials count.
+    proxied.get("/studies/1.2.3", headers={"X-Remote-User": "admin", **basic_auth("reader", "r-secret")},
+                extra_environ={"REMOTE_ADDR": "10.1.2.3"}, status=404)
