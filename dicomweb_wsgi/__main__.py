@@ -117,24 +117,19 @@ def resolve_listen(cli: str | None, server_conf: dict[str, Any], environ: Mappin
 
 
 def check_listen(host: str, settings: Settings) -> None:
-    """Secure by default: a network address with nobody asked for credentials is refused.
-
-    The UPS event channel (``events_listen``) asks nobody for credentials, so it must stay on
-    loopback (behind the proxy) unless the site says otherwise.
-    """
+    """Secure by default: a network address with nobody asked for credentials is refused, for the
+    server and for the UPS event channel (``events_listen``), which asks for the same credentials."""
     if settings.allow_unauthenticated_remote:
-        return
-    events_host = split_listen(settings.events_listen)[0] if getattr(settings, "events_listen", "") else ""
-    if events_host and not is_loopback(events_host):
-        raise ConfigError(f"refusing to run the UPS event channel on {events_host}: it has no authentication. "
-                          "Use a loopback address behind a proxy, or set dicomweb.allow_unauthenticated_remote = true")
-    if is_loopback(host):
         return
     if settings.auth_users_file or settings.auth_tokens_file or settings.auth_user_header:
         return
-    raise ConfigError(f"refusing to listen on {host} without authentication: anyone on the network could read "
-                      "patient data. Configure dicomweb.auth_users_file, auth_tokens_file or auth_user_header, "
-                      "listen on 127.0.0.1 behind a proxy, or set dicomweb.allow_unauthenticated_remote = true")
+    events_host = split_listen(settings.events_listen)[0] if getattr(settings, "events_listen", "") else ""
+    for what, address in (("the UPS event channel on", events_host), ("listen on", host)):
+        if address and not is_loopback(address):
+            raise ConfigError(f"refusing to {what} {address} without authentication: anyone on the network "
+                              "could read patient data. Configure dicomweb.auth_users_file, auth_tokens_file or "
+                              "auth_user_header, use 127.0.0.1 behind a proxy, or set "
+                              "dicomweb.allow_unauthenticated_remote = true")
 
 
 def wrap_proxy_handling(app: Any, options: dict[str, Any]) -> Any:
@@ -379,6 +374,27 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 1 if report.unreadable else 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .backup import backup
+    from .maintenance import Progress
+
+    archive = open_archive(args, existing=True)
+    try:
+        total = archive.stats()["bytes"]
+    finally:
+        archive.close()
+    progress = Progress("backup", 0, total)
+    report = backup(archive.settings, args.dest, progress=progress.set_bytes)
+    progress.finish()
+    for item in report.replaced:
+        print(f"replaced during the backup, copied in its new version: {item}")
+    for item in report.dropped:
+        print(f"left out: {item}")
+    print(f"backed up {report.instances} instances and {report.npi_instances} non-patient instances "
+          f"({report.bytes / 1e6:.1f} MB) to {report.dest}")
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     archive = open_archive(args)
     try:
@@ -475,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("check", cmd_check, "compare the index with the blobs; exit 1 if anything is wrong").add_argument(
         "--quick", action="store_true", help="compare sizes only, not SHA-256 digests")
     command("reindex", cmd_reindex, "rebuild the index from the blobs (stop the server first)")
+    command("backup", cmd_backup, "copy the archive into a new folder while the server runs (restore: serve "
+            "that folder)").add_argument("dest", help="the new folder (must not exist, or be empty)")
     command("stats", cmd_stats, "counts and bytes per level and modality").add_argument(
         "--json", action="store_true", help="print JSON")
     for name, func, what, file_help in (

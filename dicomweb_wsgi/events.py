@@ -22,6 +22,11 @@ A commit in this process wakes the channel at once; the channel also reads the o
 ``dicomweb-wsgi events``, or the other workers of ``serve --workers N`` (the channel runs in worker 0
 only). Both poll every ``CROSS_PROCESS_POLL_S``.
 
+A subscriber authenticates as an HTTP client of the server does (same settings: Basic, bearer, or
+a trusted proxy's user header), on the WebSocket handshake, and needs the ``read`` role: event
+reports carry workitem attributes. Without credentials the handshake is answered 401 with the
+same challenge, a caller without the role 403.
+
 At start the channel queues an SCP Status Change (RESTARTED, WARM START: subscriptions and workitems
 are kept) for every subscriber (PS3.4 CC.2.4.3).
 """
@@ -41,8 +46,9 @@ from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 
 from . import workflow
+from .auth import PEER_KEY, Authenticator
 from .config import ConfigError, Settings
-from .errors import BadRequest
+from .errors import BadRequest, DicomWebError
 from .router import CONVERTERS
 from .storage.base import OutboxEvent, WorkitemStore
 from .storage.sqlite_workitems import open_workitem_store
@@ -76,8 +82,10 @@ class EventChannel:
     """The WebSocket server, on a thread with its own asyncio loop; ``start()`` returns when it listens."""
 
     def __init__(self, store: WorkitemStore, host: str = "127.0.0.1", port: int = 0, *,
-                 poll_interval: float = 1.0, ack_timeout: float = 30.0) -> None:
+                 poll_interval: float = 1.0, ack_timeout: float = 30.0,
+                 authenticator: Authenticator | None = None) -> None:
         self.store = store
+        self.authenticator = authenticator
         self.host = host
         self.port = port
         self.poll_interval = poll_interval
@@ -169,10 +177,25 @@ class EventChannel:
             except Exception:
                 log.exception("purging the event outbox failed")
 
-    @staticmethod
-    def _check_path(connection: ServerConnection, request: WsRequest) -> WsResponse | None:
+    def _check_path(self, connection: ServerConnection, request: WsRequest) -> WsResponse | None:
+        """Refuse a handshake for another path (404), or from a caller the server would refuse (401/403)."""
         if aetitle_of(request.path) is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "open ws://HOST:PORT/subscribers/{aetitle}\n")
+        if self.authenticator is None or not self.authenticator.enabled:
+            return None
+        environ = {"HTTP_" + name.upper().replace("-", "_"): value for name, value in request.headers.raw_items()}
+        peer = connection.remote_address[0] if connection.remote_address else ""
+        environ["REMOTE_ADDR"] = environ[PEER_KEY] = peer
+        try:
+            principal = self.authenticator.identify(environ)
+            self.authenticator.authorize(principal, "GET", request.path)
+        except DicomWebError as exc:
+            log.warning("event channel refused %s from %s: %s", aetitle_of(request.path), peer, exc.reason)
+            response = connection.respond(HTTPStatus(exc.status), exc.reason + "\n")
+            for name, value in exc.headers.items():
+                response.headers[name] = value
+            return response
+        log.info("subscriber %s authenticated as %s", aetitle_of(request.path), principal.name)
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -250,7 +273,8 @@ def start_event_channel(settings: Settings, store: WorkitemStore, listen: str | 
         return None
     host, port = _listen(address)
     try:
-        channel = EventChannel(store, host, port, poll_interval=poll_interval).start()
+        channel = EventChannel(store, host, port, poll_interval=poll_interval,
+                               authenticator=Authenticator(settings)).start()
     except OSError as exc:
         raise ConfigError(f"cannot run the event channel on {address}: {exc.strerror or exc}") from exc
     print(f"dicomweb_wsgi events on {channel.url}/subscribers/{{aetitle}}", flush=True)

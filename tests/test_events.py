@@ -247,3 +247,95 @@ def test_events_serve_bad_events_listen_exits_2(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "HOST:PORT" in result.stderr
 
+
+
+# -- authentication on the handshake (the channel asks for what the server asks for) ------------------
+
+@pytest.fixture
+def secured_channel(dicomweb_client_factory, tmp_path):
+    from dicomweb_wsgi.auth import Authenticator, hash_password, hash_token, update_credentials
+    from dicomweb_wsgi.config import load_settings
+
+    users, tokens = str(tmp_path / "users"), str(tmp_path / "tokens")
+    update_credentials(users, "reader", ["read"], hash_password("r-secret", n=1 << 10))
+    update_credentials(tokens, "modality", ["write"], hash_token("tok-modality"))
+    client = dicomweb_client_factory(auth_users_file=users, auth_tokens_file=tokens)
+    settings = load_settings({"data_dir": str(tmp_path / "unused"), "auth_users_file": users,
+                              "auth_tokens_file": tokens})
+    with EventChannel(client.app.ctx.workitems, poll_interval=0.2,
+                      authenticator=Authenticator(settings)) as running:
+        yield running, client
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({}, 401),
+    (_basic("reader", "wrong"), 401),
+    ({"Authorization": "Bearer not-a-token"}, 401),
+    ({"Authorization": "Bearer tok-modality"}, 403),  # a modality's token may store, not read events
+])
+def test_events_handshake_without_the_read_role_is_refused(secured_channel, headers, status):
+    running, _ = secured_channel
+    with pytest.raises(InvalidStatus) as refused:
+        with connect(f"{running.url}/subscribers/WATCHER", additional_headers=headers):
+            pass
+    assert refused.value.response.status_code == status
+    if status == 401:
+        assert refused.value.response.headers["WWW-Authenticate"].startswith('Basic realm="dicomweb"')
+
+
+def test_events_handshake_with_credentials_delivers_reports(secured_channel):
+    running, client = secured_channel
+    auth = _basic("reader", "r-secret")
+    writer = {"Authorization": "Bearer tok-modality"}
+    uid = generate_uid()
+    client.post(f"/workitems?{uid}", json.dumps(workitem_dataset().to_json_dict()),
+                headers={**JSON, **_basic("reader", "r-secret")}, status=403)
+    client.post(f"/workitems?{uid}", json.dumps(workitem_dataset().to_json_dict()), headers={**JSON, **writer},
+                status=201)
+    with connect(f"{running.url}/subscribers/WATCHER", additional_headers=auth) as ws:
+        client.post(f"/workitems/{uid}/subscribers/WATCHER", headers=writer, status=201)
+        assert summary(receive(ws, 1)[0])[:2] == (1, uid)
+
+
+@pytest.mark.parametrize("auth, refused", [(False, True), (True, False)])
+def test_events_listen_on_a_network_address_needs_authentication(tmp_path, auth, refused):
+    from dicomweb_wsgi.__main__ import check_listen
+    from dicomweb_wsgi.config import ConfigError, load_settings
+
+    options = {"data_dir": str(tmp_path), "events_listen": "0.0.0.0:8043"}
+    if auth:
+        options["auth_tokens_file"] = str(tmp_path / "tokens")
+    settings = load_settings(options)
+    if refused:
+        with pytest.raises(ConfigError, match="UPS event channel"):
+            check_listen("127.0.0.1", settings)
+    else:
+        check_listen("127.0.0.1", settings)
+
+
+def test_events_channel_started_for_serve_asks_for_the_servers_credentials(dicomweb_app, tmp_path):
+    from dicomweb_wsgi.auth import hash_token, update_credentials
+    from dicomweb_wsgi.config import load_settings
+    from dicomweb_wsgi.events import start_event_channel
+
+    tokens = str(tmp_path / "tokens")
+    update_credentials(tokens, "viewer", ["read"], hash_token("tok-viewer"))
+    settings = load_settings({"data_dir": str(tmp_path / "d"), "auth_tokens_file": tokens,
+                              "events_listen": "127.0.0.1:0"})
+    running = start_event_channel(settings, dicomweb_app.ctx.workitems)
+    try:
+        with pytest.raises(InvalidStatus) as refused:
+            with connect(f"{running.url}/subscribers/WATCHER"):
+                pass
+        assert refused.value.response.status_code == 401
+        with connect(f"{running.url}/subscribers/WATCHER",
+                     additional_headers={"Authorization": "Bearer tok-viewer"}) as ws:
+            assert ws.protocol.state.name == "OPEN"
+    finally:
+        running.stop()
