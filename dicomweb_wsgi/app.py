@@ -9,6 +9,7 @@ access control (``auth.py``: 401/403), the read-only setting (405) and the free-
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -234,6 +235,19 @@ class DicomWebApp:
         return _Logged(body, req, resp.status, started)
 
 
+# Characters that would end a log line or a space-separated field: a path arrives percent-decoded
+# (``/x%0A1.2.3.4 admin DELETE ...`` would forge a second line), a proxy's user name unchecked.
+_LOG_UNSAFE = re.compile("[\x00-\x20\x7f-\xa0\u2028\u2029]")
+
+
+def log_field(text: str) -> str:
+    """``text`` as one field of a log line: control characters, spaces and line separators escaped."""
+    if _LOG_UNSAFE.search(text) is None:
+        return text
+    return _LOG_UNSAFE.sub(lambda m: "\\x%02x" % ord(m.group()) if ord(m.group()) < 0x100
+                           else "\\u%04x" % ord(m.group()), text)
+
+
 class _Logged:
     """Wraps a response body to write the access-log line when the server closes it."""
 
@@ -251,16 +265,16 @@ class _Logged:
                 yield chunk
         except Exception:
             # Headers are gone: the client sees a truncated body; the log says why.
-            log.exception("error while streaming %s %s", self.req.method, self.req.path)
+            log.exception("error while streaming %s %s", log_field(self.req.method), log_field(self.req.path))
             raise
 
     def close(self) -> None:
         close = getattr(self.body, "close", None)
         if close is not None:
             close()
-        access_log.info("%s %s %s %s %d %d %.1fms", self.req.environ.get("REMOTE_ADDR", "-"), self.req.user or "-",
-                        self.req.method, self.req.path, self.status, self.sent,
-                        (time.perf_counter() - self.started) * 1000)
+        access_log.info("%s %s %s %s %d %d %.1fms", self.req.environ.get("REMOTE_ADDR", "-"),
+                        log_field(self.req.user or "-"), log_field(self.req.method), log_field(self.req.path),
+                        self.status, self.sent, (time.perf_counter() - self.started) * 1000)
 
 
 class _LoggedFile:

@@ -262,3 +262,19 @@ def test_files_go_to_the_servers_file_wrapper_unwrapped_and_are_logged_on_close(
     with caplog.at_level(logging.INFO, logger="dicomweb_wsgi.access"):
         body.close()
     assert f"GET /studies/{ds.StudyInstanceUID}" in caplog.text and f" 200 {len(data)} " in caplog.text
+
+
+@pytest.mark.parametrize("path, user_header", [
+    ("/x%0A1.2.3.4%20admin%20DELETE%20/studies/1%20204", None),   # a forged second line
+    ("/studies/1.2%0D%0A", None),
+    ("/studies", "alice\nbob admin"),                                # a proxy's user name, unchecked
+])
+def test_access_log_line_cannot_be_split_or_forged(dicomweb_client_factory, caplog, path, user_header):
+    settings = {"auth_user_header": "X-Remote-User", "auth_trusted_proxies": "127.0.0.1"} if user_header else {}
+    client = dicomweb_client_factory(**settings)
+    headers = {"X-Remote-User": user_header} if user_header else {}
+    with caplog.at_level(logging.INFO, logger="dicomweb_wsgi.access"):
+        client.get(path, headers=headers, extra_environ={"REMOTE_ADDR": "127.0.0.1"}, status="*")
+    [line] = [r.getMessage() for r in caplog.records if r.name == "dicomweb_wsgi.access"]
+    assert "\n" not in line and "\r" not in line
+    assert len(line.split(" ")) == 7  # client, user, method, path, status, bytes, time: one field each
