@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import hashlib
 import hmac
 import ipaddress
@@ -138,7 +139,7 @@ class CredentialFile:
     """A users or tokens file, re-read when it is replaced or its size or modification time changes.
 
     A version that cannot be read or parsed while the server runs leaves the last good one in force
-    and is reported once, not on every request.
+    and is reported once, not on every request; a deleted file accepts nobody until it is back.
     """
 
     def __init__(self, path: str) -> None:
@@ -157,6 +158,10 @@ class CredentialFile:
         except OSError as exc:
             if self._stamp is None:
                 raise ConfigError(f"cannot read {self.path}: {exc.strerror}") from exc
+            if isinstance(exc, FileNotFoundError):
+                # Deleting the file revokes everyone in it; keeping the old entries would not.
+                self._report("deleted", f"{self.path} was deleted: nobody in it is accepted until it is back")
+                return {}
             self._report(str(exc.strerror), f"cannot read {self.path} ({exc.strerror})")
             return self._entries
         stamp = _stamp(st)
@@ -202,6 +207,20 @@ def update_credentials(path: str, name: str, roles: Iterable[str], secret: str) 
     unknown = sorted(set(role_list) - set(ROLES))
     if unknown:
         raise ConfigError(f"unknown role {', '.join(unknown)} (roles: {', '.join(ROLES)})")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        lock = os.open(os.path.join(folder, "." + os.path.basename(path) + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        # Two add-user runs at once would each rewrite the file from what they read: one would be lost.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _update_locked(path, folder, name, role_list, secret)
+    finally:
+        os.close(lock)
+
+
+def _update_locked(path: str, folder: str, name: str, role_list: list[str], secret: str) -> None:
     lines = ["# name:roles:secret  (roles: read, write, delete; written by dicomweb-wsgi)"]
     try:
         existing = os.stat(path) if os.path.exists(path) else None
@@ -211,7 +230,6 @@ def update_credentials(path: str, name: str, roles: Iterable[str], secret: str) 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
     lines.append(f"{name}:{','.join(role_list)}:{secret}")
-    folder = os.path.dirname(os.path.abspath(path))
     try:
         _write_atomically(path, folder, "\n".join(lines) + "\n", existing)
     except OSError as exc:
@@ -224,11 +242,18 @@ def _write_atomically(path: str, folder: str, text: str, existing: os.stat_resul
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())  # a power cut must leave the old file or the new one, never an empty one
         if existing is not None:  # keep the mode and owner a site gave the file (e.g. root:dicomweb 0640)
             os.chmod(tmp, existing.st_mode & 0o777)
             if os.geteuid() == 0:
                 os.chown(tmp, existing.st_uid, existing.st_gid)
         os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -301,13 +326,14 @@ class Authenticator:
             return self._bearer(credentials.strip())
         raise self.challenge("unsupported authorization scheme")
 
-    def challenge(self, reason: str) -> Unauthorized:
-        """A 401 naming every configured scheme (RFC 7617 Basic, RFC 6750 Bearer)."""
+    def challenge(self, reason: str, bearer_error: str = "") -> Unauthorized:
+        """A 401 naming every configured scheme (RFC 7617 Basic, RFC 6750 Bearer; ``bearer_error``:
+        the RFC 6750 §3.1 error code when a bearer token was sent and refused)."""
         schemes = []
         if self.users is not None or not self.tokens:
             schemes.append(f'Basic realm={self.realm}, charset="UTF-8"')
         if self.tokens is not None:
-            schemes.append(f'Bearer realm={self.realm}')
+            schemes.append(f'Bearer realm={self.realm}' + (f', error="{bearer_error}"' if bearer_error else ""))
         return Unauthorized(reason, headers={"WWW-Authenticate": ", ".join(schemes)})
 
     def _from_trusted_proxy(self, environ: dict[str, Any]) -> bool:
@@ -318,6 +344,9 @@ class Authenticator:
         return any(peer in net for net in self.proxies)
 
     def _proxy_user(self, name: str) -> Principal:
+        if not name.isprintable() or len(name) > 256:
+            # Whatever the proxy passes on lands in logs and audit lines as a name.
+            raise self.challenge("unusable user name from the proxy")
         entry = self.users.entries().get(name) if self.users is not None else None
         return Principal(name, entry.roles if entry else self.proxy_roles, "proxy")
 
@@ -371,7 +400,7 @@ class Authenticator:
         for entry in self.tokens.entries().values():
             if hmac.compare_digest(entry.secret.encode("utf-8"), digest):
                 return Principal(entry.name, entry.roles, "bearer")
-        raise self.challenge("unknown bearer token")
+        raise self.challenge("unknown bearer token", bearer_error="invalid_token")
 
 
 def _quoted(value: str) -> str:

@@ -384,3 +384,44 @@ def test_auth_trusted_proxy_header_wins_over_authorization(proxied):
     # From an untrusted peer the header is ignored and the credentials count.
     proxied.get("/studies/1.2.3", headers={"X-Remote-User": "admin", **basic_auth("reader", "r-secret")},
                 extra_environ={"REMOTE_ADDR": "10.1.2.3"}, status=404)
+
+
+def test_auth_deleting_the_users_file_revokes_everyone_in_it(secured, credential_files, caplog):
+    secured.get("/studies/1.2.3", headers=basic_auth("reader", "r-secret"), status=404)
+    os.unlink(credential_files[0])
+    with caplog.at_level(logging.ERROR, logger="dicomweb_wsgi.auth"):
+        for _ in range(3):
+            secured.get("/studies/1.2.3", headers=basic_auth("reader", "r-secret"), status=401)
+    assert sum("was deleted" in r.getMessage() for r in caplog.records) == 1
+    update_credentials(credential_files[0], "reader", ["read"], hash_password("new-secret", n=FAST))
+    secured.get("/studies/1.2.3", headers=basic_auth("reader", "new-secret"), status=404)
+
+
+def test_auth_unknown_bearer_token_says_invalid_token(secured):
+    resp = secured.get("/studies/1.2.3", headers=bearer_auth("not-a-token"), status=401)
+    assert 'Bearer realm="dicomweb", error="invalid_token"' in resp.headers["WWW-Authenticate"]
+    # Without a token there is no error code (RFC 6750 §3.1).
+    resp = secured.get("/studies/1.2.3", status=401)
+    assert "error=" not in resp.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("name", ["alice\x00", "alice\x1b[31m", "a" * 300])
+def test_auth_proxy_user_name_that_is_not_printable_is_refused(proxied, name):
+    proxied.get("/studies/1.2.3", headers={"X-Remote-User": name}, extra_environ={"REMOTE_ADDR": "127.0.0.1"},
+                status=401)
+
+
+def test_update_credentials_concurrent_runs_lose_nothing(tmp_path):
+    import threading
+
+    users = str(tmp_path / "users")
+    names = [f"user{i}" for i in range(24)]
+    threads = [threading.Thread(target=update_credentials, args=(users, n, ["read"], hash_token(n)))
+               for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with open(users, encoding="utf-8") as fh:
+        written = {line.split(":", 1)[0] for line in fh if not line.startswith("#")}
+    assert written == set(names)
