@@ -197,3 +197,41 @@ def test_backup_of_a_live_server_under_load_is_consistent(tmp_path):
     _check(tmp_path / "copy")
     restored = _instances(make_client(tmp_path / "copy"), study_uid)
     assert set(stored_before) <= set(restored)
+
+
+def test_a_backup_killed_at_any_point_never_leaves_a_half_made_destination(tmp_path):
+    # kill -9 of the backup process at increasing delays: the destination either does not exist
+    # or is a complete archive that passes check (only DEST.partial may be half made).
+    import shutil
+    import signal
+    import time
+
+    source = tmp_path / "data"
+    client = make_client(source)
+    for batch in range(6):
+        store(client, [make_dataset(study_uid=new_uid(), rows=128, columns=128, pixel_seed=batch * 10 + i)
+                       for i in range(10)])
+    outcomes = set()
+    for delay in (0.0, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0):
+        dest, partial = tmp_path / "copy", tmp_path / "copy.partial"
+        proc = subprocess.Popen([sys.executable, "-m", "dicomweb_wsgi", "backup", "--data", str(source), str(dest)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not partial.exists() and not dest.exists() and time.monotonic() < deadline:
+            time.sleep(0.001)  # kill only once the backup has begun writing
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        if dest.exists():
+            outcomes.add("complete")
+            _check(dest)
+            assert len(_instances(make_client(dest), _study_uids(client)[0])) >= 1
+        else:
+            outcomes.add("interrupted" if partial.exists() else "not started")
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
+    assert "interrupted" in outcomes  # some kills landed while the backup was being written
+
+
+def _study_uids(client) -> list[str]:
+    return [s["0020000D"]["Value"][0] for s in client.get("/studies", status=200).json]
