@@ -332,6 +332,30 @@ class SplicedFile:
         self.closed = True
 
 
+class ClosingBody:
+    """A streamed body that closes ``resources`` when the server closes it, whether it started or not.
+
+    A generator that never ran (HEAD, a client gone before the first byte) cannot close what was
+    opened for it before the status went out, such as a transcoded first instance's spool file.
+    """
+
+    def __init__(self, body: Iterable[bytes], resources: Sequence[Any]) -> None:
+        self.body = body
+        self.resources = list(resources)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            for resource in self.resources:
+                resource.close()
+
+
 def iter_file(fh: BinaryIO, length: int | None = None, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
     """Yield a file's bytes (``length`` of them, or to EOF) in chunks, closing it at the end."""
     try:

@@ -267,12 +267,14 @@ class Offer:
 
     ``multipart`` means the body is ``multipart/related; type=<media_type>``. ``transfer_syntaxes`` lists the
     syntaxes the server can produce for this offer; ``None`` means the offer has no transfer syntax and a
-    requested one is ignored.
+    requested one is ignored. ``by_name_only``: a wildcard range (``*/*``, ``application/*``) never
+    selects it (a ZIP download is something a client asks for by name).
     """
 
     media_type: str
     multipart: bool
     transfer_syntaxes: frozenset[str] | None = None
+    by_name_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -301,6 +303,8 @@ def _type_matches(pattern: str, concrete: str) -> bool:
 
 
 def _range_matches_offer(media_range: MediaType, offer: Offer) -> bool:
+    if offer.by_name_only:
+        return not offer.multipart and media_range.type.lower() == offer.media_type
     if media_range.type == "*/*":
         return True
     if media_range.type in ("multipart/related", "multipart/*"):
@@ -318,7 +322,8 @@ def without_syntaxes(offers: Sequence[Offer], refused: frozenset[str]) -> tuple[
     syntax it can produce is no offer (offers that take no syntax are kept)."""
     if not refused:
         return tuple(offers)
-    return tuple(Offer(o.media_type, o.multipart, o.transfer_syntaxes - refused) if o.transfer_syntaxes else o
+    return tuple(Offer(o.media_type, o.multipart, o.transfer_syntaxes - refused, o.by_name_only)
+                 if o.transfer_syntaxes else o
                  for o in offers if not o.transfer_syntaxes or o.transfer_syntaxes - refused)
 
 

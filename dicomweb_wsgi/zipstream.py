@@ -1,10 +1,12 @@
 """A ZIP archive written as a stream: for ``application/zip`` retrieval (PS3.18 Supplement 211).
 
 Members are stored, not compressed (DICOM pixel data is either compressed already or large and
-noisy; deflating a study costs seconds of CPU for a few percent), and each member's CRC-32 is
-computed while its bytes go out and written in a data descriptor after them (general purpose flag
-bit 3), so nothing is read twice and nothing is held in memory beyond one chunk. When every
-member's size is known beforehand the archive's exact length is too (``zip_length``), so the
+noisy; deflating a study costs seconds of CPU for a few percent). Each member's CRC-32 is computed
+by reading it once just before it is sent, so its local header carries the CRC and the sizes:
+streaming readers that never look at the central directory (Java's ``ZipInputStream``, used by
+Java DICOM tools) cannot find the end of a stored member from a data descriptor, and refuse one.
+The second read comes from the page cache, and nothing is held in memory beyond one chunk. When
+every member's size is known beforehand the archive's exact length is too (``zip_length``), so the
 response can carry a Content-Length. ZIP64 records are written only where a size, an offset or the
 member count does not fit the classic fields (APPNOTE 6.3.x §4.3.9, §4.5.3), so a study of more than
 4 GiB or 65,535 instances is still one valid archive.
@@ -21,17 +23,19 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Sequence
 ZIP64_LIMIT = 0xFFFFFFFF
 ZIP64_COUNT_LIMIT = 0xFFFF
 
-_VERSION = 20      # 2.0: stored members, data descriptors
+_VERSION = 20      # 2.0: stored members
 _VERSION64 = 45    # 4.5: ZIP64
 _MADE_BY_UNIX = 3 << 8
-_FLAGS = 0x0008    # bit 3: CRC and sizes follow the data
+_UTF8 = 0x0800     # general purpose bit 11: the name is UTF-8 (APPNOTE Appendix D)
 _FILE_MODE = 0o100644 << 16
+_CHUNK = 1 << 20
+_FIRST_DOS, _LAST_DOS = 315532800, 4354819198  # 1980-01-01 and 2107-12-31 23:59:58, what MS-DOS time holds
 
 
 @dataclass(frozen=True)
 class Member:
     """One file of the archive: its name, its size when known beforehand, its modification time
-    (seconds since the epoch) and how to open it: ``open()`` returns the file and its length."""
+    (seconds since the epoch) and how to open it: ``open()`` returns the file (seekable) and its length."""
 
     name: str
     size: int | None
@@ -40,33 +44,35 @@ class Member:
 
 
 def _dos_time(mtime: float) -> tuple[int, int]:
-    """(time, date) in MS-DOS format, in UTC; ZIP cannot say what zone, and cannot go before 1980."""
-    t = time.gmtime(max(mtime, 315532800))
+    """(time, date) in MS-DOS format, in UTC (ZIP cannot say what zone), within what it can hold."""
+    t = time.gmtime(min(max(mtime, _FIRST_DOS), _LAST_DOS))
     return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), \
         ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
 
 
-def _local_header(name: bytes, dos: tuple[int, int], big: bool) -> bytes:
-    # With bit 3 set, CRC and sizes are zero here; a ZIP64 member says so with 0xFFFFFFFF and an
-    # extra field of zero sizes, and its data descriptor then carries 8-byte sizes (§4.3.9.2).
-    extra = struct.pack("<HHQQ", 1, 16, 0, 0) if big else b""
-    size_field = 0xFFFFFFFF if big else 0
-    return struct.pack("<IHHHHHIIIHH", 0x04034B50, _VERSION64 if big else _VERSION, _FLAGS, 0,
-                       dos[0], dos[1], 0, size_field, size_field, len(name), len(extra)) + name + extra
+def _name(member: Member) -> tuple[bytes, int]:
+    """The member's name as written, and the flags it needs."""
+    name = member.name.encode("utf-8")
+    if not name or len(name) > 0xFFFF:
+        raise ValueError(f"a ZIP member name must be 1-65535 bytes, not {len(name)}")
+    return name, (0 if name.isascii() else _UTF8)
 
 
-def _descriptor(crc: int, size: int, big: bool) -> bytes:
-    if big:
-        return struct.pack("<IIQQ", 0x08074B50, crc, size, size)
-    return struct.pack("<IIII", 0x08074B50, crc, size, size)
+def _local_header(name: bytes, flags: int, dos: tuple[int, int], crc: int, size: int) -> bytes:
+    # A ZIP64 member says so with 0xFFFFFFFF sizes and an extra field holding both (§4.5.3).
+    big = size >= ZIP64_LIMIT
+    extra = struct.pack("<HHQQ", 1, 16, size, size) if big else b""
+    fit = 0xFFFFFFFF if big else size
+    return struct.pack("<IHHHHHIIIHH", 0x04034B50, _VERSION64 if big else _VERSION, flags, 0,
+                       dos[0], dos[1], crc, fit, fit, len(name), len(extra)) + name + extra
 
 
-def _central_header(name: bytes, dos: tuple[int, int], crc: int, size: int, offset: int, big: bool) -> bytes:
+def _central_header(name: bytes, flags: int, dos: tuple[int, int], crc: int, size: int, offset: int) -> bytes:
     wide = [value for value in (size, size, offset) if value >= ZIP64_LIMIT]
     extra = struct.pack("<HH", 1, 8 * len(wide)) + struct.pack(f"<{len(wide)}Q", *wide) if wide else b""
-    version = _VERSION64 if (big or wide) else _VERSION
+    version = _VERSION64 if wide else _VERSION
     fit = [0xFFFFFFFF if value >= ZIP64_LIMIT else value for value in (size, size, offset)]
-    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, _MADE_BY_UNIX | version, version, _FLAGS, 0,
+    return struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, _MADE_BY_UNIX | version, version, flags, 0,
                        dos[0], dos[1], crc, fit[0], fit[1], len(name), len(extra), 0, 0, 0,
                        _FILE_MODE, fit[2]) + name + extra
 
@@ -90,44 +96,53 @@ def zip_length(members: Sequence[Member]) -> int | None:
     central = 0
     for m in members:
         assert m.size is not None
-        name = m.name.encode("utf-8")
-        big = m.size >= ZIP64_LIMIT
-        central += len(_central_header(name, (0, 0), 0, m.size, offset, big))
-        offset += len(_local_header(name, (0, 0), big)) + m.size + len(_descriptor(0, m.size, big))
+        name, flags = _name(m)
+        central += len(_central_header(name, flags, (0, 0), 0, m.size, offset))
+        offset += len(_local_header(name, flags, (0, 0), 0, m.size)) + m.size
     return offset + central + len(_end(len(members), offset, central))
 
 
-def write_zip(members: Iterable[Member], chunk_size: int = 1 << 20) -> Iterator[bytes]:
+def _crc(fh: BinaryIO, length: int, name: str) -> int:
+    """The CRC-32 of the first ``length`` bytes, the file left at its start again."""
+    crc = 0
+    left = length
+    while left > 0:
+        data = fh.read(min(_CHUNK, left))
+        if not data:
+            raise OSError(f"{name} ended {left} bytes early")
+        crc = zlib.crc32(data, crc)
+        left -= len(data)
+    fh.seek(0)
+    return crc
+
+
+def write_zip(members: Iterable[Member]) -> Iterator[bytes]:
     """The archive's bytes, member by member; each member is opened when the stream gets to it.
 
-    A member that turns out larger than its declared ``size`` would make ``zip_length`` wrong, so it
-    is an ``OSError`` (the server then cuts the connection) rather than a longer body."""
+    A member whose length differs from its declared ``size``, or that is shorter than it said, is
+    an ``OSError`` (the server then cuts the connection) rather than a wrong archive."""
     offset = 0
     entries: list[bytes] = []
     for m in members:
+        name, flags = _name(m)
         fh, length = m.open()
         try:
             if m.size is not None and length != m.size:
                 raise OSError(f"{m.name} is {length} bytes, not the {m.size} announced")
-            name = m.name.encode("utf-8")
+            crc = _crc(fh, length, m.name)
             dos = _dos_time(m.mtime)
-            big = length >= ZIP64_LIMIT
-            header = _local_header(name, dos, big)
+            header = _local_header(name, flags, dos, crc, length)
             yield header
-            crc = 0
             left = length
             while left > 0:
-                data = fh.read(min(chunk_size, left))
+                data = fh.read(min(_CHUNK, left))
                 if not data:
                     raise OSError(f"{m.name} ended {left} bytes early")
-                crc = zlib.crc32(data, crc)
                 left -= len(data)
                 yield data
-            trailer = _descriptor(crc, length, big)
-            yield trailer
         finally:
             fh.close()
-        entries.append(_central_header(name, dos, crc, length, offset, big))
-        offset += len(header) + length + len(trailer)
+        entries.append(_central_header(name, flags, dos, crc, length, offset))
+        offset += len(header) + length
     central = b"".join(entries)
     yield central + _end(len(entries), offset, len(central))

@@ -301,6 +301,33 @@ def test_zip_is_never_chosen_by_a_wildcard(dicomweb_client, study):
     assert resp.headers["Content-Type"].startswith("multipart/related")
 
 
+@pytest.mark.parametrize("accept", ["application/*", "*/*; q=0.5, application/*"])
+def test_zip_is_not_chosen_by_application_wildcard(dicomweb_client, study, accept):
+    resp = dicomweb_client.get(f"/studies/{study[0]}", headers={"Accept": accept}, expect_errors=True)
+    assert not resp.headers.get("Content-Type", "").startswith("application/zip")
+
+
+@pytest.mark.parametrize("accept", ["application/zip", 'multipart/related; type="application/dicom"'])
+def test_head_or_an_unread_body_closes_the_transcoded_first_instance(dicomweb_client, monkeypatch, accept):
+    # The first instance is transcoded before the status; a body the server never iterates (HEAD, a
+    # client gone before the first byte) must still close that spool file.
+    from dicomweb_wsgi.transactions import wado
+
+    spools = []
+    real = wado.transcoded
+
+    def recording(path, ts):
+        spool, length = real(path, ts)
+        spools.append(spool)
+        return spool, length
+
+    monkeypatch.setattr(wado, "transcoded", recording)
+    study_uid = new_uid()
+    store(dicomweb_client, [make_dataset(study_uid=study_uid, transfer_syntax=ImplicitVRLittleEndian)])
+    dicomweb_client.head(f"/studies/{study_uid}", headers={"Accept": accept}, status=200)
+    assert spools and all(spool.closed for spool in spools)
+
+
 def test_zip_transcodes_what_cannot_go_as_stored(dicomweb_app, dicomweb_client):
     study_uid, series_uid = new_uid(), new_uid()
     implicit = [make_dataset(study_uid=study_uid, series_uid=series_uid, InstanceNumber=i, pixel_seed=i,

@@ -40,7 +40,7 @@ def test_archive_reads_back_with_every_member_its_crc_and_time(seed):
         assert zf.namelist() == list(contents)
         for info in zf.infolist():
             assert info.compress_type == zipfile.ZIP_STORED
-            assert info.flag_bits & 0x08  # sizes and CRC in a data descriptor
+            assert not info.flag_bits & 0x08  # CRC and sizes in the local header, no data descriptor
             t = time.gmtime(1700000000)
             assert info.date_time == (t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec // 2 * 2)
             assert zf.read(info) == contents[info.filename]
@@ -72,6 +72,63 @@ def test_a_member_whose_size_changed_is_an_error_not_a_wrong_length(actual):
     member = zipstream.Member("a.dcm", 10, 0, lambda: (io.BytesIO(actual), len(actual)))
     with pytest.raises(OSError, match="not the 10"):
         _archive([member])
+
+
+def _read_as_a_stream(data: bytes) -> dict[str, bytes]:
+    """Read the archive the way a streaming reader (Java's ZipInputStream) does: local headers only,
+    each member's size and CRC taken from its own header, the central directory never consulted."""
+    import struct
+    import zlib
+
+    members, pos = {}, 0
+    while data[pos:pos + 4] == b"PK\x03\x04":
+        (_, _, flags, method, _, _, crc, csize, usize, name_len, extra_len) = struct.unpack_from(
+            "<IHHHHHIIIHH", data, pos)
+        assert method == 0 and not flags & 0x08, "a stored member must say its size in its local header"
+        name = data[pos + 30:pos + 30 + name_len].decode("utf-8" if flags & 0x800 else "cp437")
+        extra = data[pos + 30 + name_len:pos + 30 + name_len + extra_len]
+        if usize == 0xFFFFFFFF:
+            assert extra[:4] == struct.pack("<HH", 1, 16)
+            usize, csize = struct.unpack_from("<QQ", extra, 4)
+        start = pos + 30 + name_len + extra_len
+        body = data[start:start + csize]
+        assert len(body) == csize == usize and zlib.crc32(body) == crc, name
+        members[name] = body
+        pos = start + csize
+    assert data[pos:pos + 4] == b"PK\x01\x02" or data[pos:pos + 4] in (b"PK\x05\x06", b"PK\x06\x06")
+    return members
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_a_streaming_reader_finds_every_member_from_its_local_header(monkeypatch, zip64):
+    if zip64:
+        monkeypatch.setattr(zipstream, "ZIP64_LIMIT", 1000)
+        monkeypatch.setattr(zipstream, "ZIP64_COUNT_LIMIT", 3)
+    contents = _contents(5)
+    assert _read_as_a_stream(_archive([_member(n, d) for n, d in contents.items()])) == contents
+
+
+def test_non_ascii_names_are_flagged_utf8():
+    data = _archive([_member("Müller/ü.dcm", b"abc"), _member("plain.dcm", b"d")])
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.namelist() == ["Müller/ü.dcm", "plain.dcm"]
+        assert [bool(i.flag_bits & 0x800) for i in zf.infolist()] == [True, False]
+
+
+def test_times_after_2107_are_clamped_not_a_broken_stream():
+    members = [_member("a.dcm", b"x", mtime=4354819200.0)]  # 2108-01-01
+    data = _archive(members)
+    assert len(data) == zipstream.zip_length(members)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        assert zf.infolist()[0].date_time == (2107, 12, 31, 23, 59, 58)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 70000])
+def test_names_a_zip_cannot_hold_are_refused_before_anything_is_sent(name):
+    with pytest.raises(ValueError):
+        zipstream.zip_length([_member(name, b"x")])
+    with pytest.raises(ValueError):
+        next(zipstream.write_zip([_member(name, b"x")]))
 
 
 def test_a_member_that_ends_early_is_an_error():

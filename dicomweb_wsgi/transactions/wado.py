@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 from .. import transcode, zipstream
 from ..errors import NotAcceptable, NotFound
-from ..http import Request, Response, SplicedFile, iter_file
+from ..http import ClosingBody, Request, Response, SplicedFile, iter_file
 from ..mediatypes import Offer, Selection, negotiate, without_syntaxes
 from ..multipart import multipart_content_type, multipart_segments, new_boundary, write_multipart
 from ..storage.base import StoredInstance
@@ -70,7 +70,7 @@ def dicom_offers(instances: list[StoredInstance], single_ok: bool) -> list[Offer
     offers = [Offer("application/dicom", multipart=True, transfer_syntaxes=syntaxes)]
     if single_ok:
         offers.append(Offer("application/dicom", multipart=False, transfer_syntaxes=syntaxes))
-    offers.append(Offer(ZIP, multipart=False, transfer_syntaxes=syntaxes))
+    offers.append(Offer(ZIP, multipart=False, transfer_syntaxes=syntaxes, by_name_only=True))
     return offers
 
 
@@ -141,9 +141,12 @@ def _respond(req: Request, instances: list[StoredInstance], selection: Selection
     # Transcode the first instance before the status goes out, so a single-instance request that
     # cannot be transcoded is a 406. A later failure can only cut the stream short (the client
     # then sees no closing boundary), which is better than silently leaving an instance out.
-    head = [_part(archive.path(instances[0]), instances[0], targets[0], base, eager=True)]
+    first, path = instances[0], archive.path(instances[0])
+    fh, length = (open(path, "rb"), None) if targets[0] == first.transfer_syntax else transcoded(path, targets[0])
+    head = [(_part_headers(first, targets[0], base), iter_file(fh, length))]
     rest = (_part(archive.path(inst), inst, ts, base) for inst, ts in zip(instances[1:], targets[1:]))
-    return Response(body=write_multipart(itertools.chain(head, rest), boundary), content_type=content_type)
+    return Response(body=ClosingBody(write_multipart(itertools.chain(head, rest), boundary), [fh]),
+                    content_type=content_type)
 
 
 def stored_multipart(archive: Archive, instances: list[StoredInstance], base: str, boundary: str) -> SplicedFile:
@@ -167,14 +170,10 @@ def _part_headers(inst: StoredInstance, ts: str, base: str) -> dict[str, str]:
     }
 
 
-def _part(path: str, inst: StoredInstance, ts: str, base: str,
-          eager: bool = False) -> tuple[dict[str, str], Iterator[bytes]]:
+def _part(path: str, inst: StoredInstance, ts: str, base: str) -> tuple[dict[str, str], Iterator[bytes]]:
     headers = _part_headers(inst, ts, base)
     if ts == inst.transfer_syntax:
         return headers, iter_file(open(path, "rb"))
-    if eager:
-        spool, length = transcoded(path, ts)
-        return headers, iter_file(spool, length)
     return headers, _encoded(path, ts)
 
 
@@ -186,20 +185,27 @@ def _zip_response(archive: Archive, instances: list[StoredInstance], requested: 
     refuses is a 406, or the next acceptable representation). With nothing to transcode the
     archive's length is known: Content-Length."""
     members = []
-    for index, inst in enumerate(instances):
-        path = archive.path(inst)
-        ts = target_syntax(inst.transfer_syntax, requested)
-        if ts == inst.transfer_syntax:
-            st = os.stat(path)
-            members.append(zipstream.Member(_zip_name(inst), st.st_size, st.st_mtime, _opener(path)))
-        elif index == 0:
-            spool, length = transcoded(path, ts)
-            members.append(zipstream.Member(_zip_name(inst), length, os.stat(path).st_mtime,
-                                            lambda spool=spool, length=length: (spool, length)))
-        else:
-            members.append(zipstream.Member(_zip_name(inst), None, os.stat(path).st_mtime,
-                                            lambda path=path, ts=ts: transcoded(path, ts)))
-    response = Response(body=zipstream.write_zip(members),
+    opened: list[BinaryIO] = []
+    try:
+        for index, inst in enumerate(instances):
+            path = archive.path(inst)
+            ts = target_syntax(inst.transfer_syntax, requested)
+            if ts == inst.transfer_syntax:
+                st = os.stat(path)
+                members.append(zipstream.Member(_zip_name(inst), st.st_size, st.st_mtime, _opener(path)))
+            elif index == 0:
+                spool, length = transcoded(path, ts)
+                opened.append(spool)
+                members.append(zipstream.Member(_zip_name(inst), length, os.stat(path).st_mtime,
+                                                lambda spool=spool, length=length: (spool, length)))
+            else:
+                members.append(zipstream.Member(_zip_name(inst), None, os.stat(path).st_mtime,
+                                                lambda path=path, ts=ts: transcoded(path, ts)))
+    except BaseException:
+        for fh in opened:
+            fh.close()
+        raise
+    response = Response(body=ClosingBody(zipstream.write_zip(members), opened),
                         content_type=ZIP + (f"; transfer-syntax={requested}" if requested else ""))
     length = zipstream.zip_length(members)
     if length is not None:
