@@ -384,7 +384,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
     finally:
         archive.close()
     progress = Progress("backup", 0, total)
-    report = backup(archive.settings, args.dest, progress=progress.set_bytes)
+    try:
+        report = backup(archive.settings, args.dest, progress=progress.set_bytes)
+    except KeyboardInterrupt:
+        print(f"dicomweb-wsgi: backup interrupted; {args.dest} is marked incomplete (the next run clears it)",
+              file=sys.stderr)
+        return 130
     progress.finish()
     for item in report.replaced:
         print(f"replaced during the backup, copied in its new version: {item}")
@@ -392,7 +397,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         print(f"left out: {item}")
     print(f"backed up {report.instances} instances and {report.npi_instances} non-patient instances "
           f"({report.bytes / 1e6:.1f} MB) to {report.dest}")
-    return 0
+    return 1 if report.lost else 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

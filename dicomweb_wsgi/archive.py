@@ -256,8 +256,13 @@ class Archive:
 
         ``progress`` is called with the bytes read so far (for a progress bar); digests read every byte.
         """
+        from .backup import INCOMPLETE
+
         index = self._sqlite("check")
         report = CheckReport(index.schema_version(), len(MIGRATIONS), integrity=index.integrity_problems())
+        if os.path.exists(os.path.join(self.settings.data_dir, INCOMPLETE)):
+            report.integrity.append(f"this folder holds an interrupted backup ({INCOMPLETE} is there): "
+                                    "do not serve it; run the backup again")
         present = {b.key: b for b in self.blobs.iter_blobs()}
         known: set[str] = set()
         done = 0

@@ -1,4 +1,4 @@
-"""Online backup of the embedded archive (SQLite + files) into a new folder, while the server runs.
+"""Online backup of the embedded archive (SQLite + files) into a folder, while the server runs.
 
 Copying a data folder file by file while the server writes is not a backup: the SQLite files
 change between reads (a WAL database copied that way can be corrupt), and blobs come and go. Here
@@ -8,36 +8,42 @@ the snapshot (a DELETE, or a replace under the ``replace`` policy) is looked up 
 index: a replaced instance is copied in its new version and its snapshot row rebuilt from those
 bytes, a deleted one is dropped from the copy. So the result is an archive whose index and files
 agree (``dicomweb-wsgi check`` passes on it) as of about the end of the backup; stores that land
-while the backup runs may or may not be in it.
+while the backup runs may or may not be in it. An instance whose blob the live archive has lost
+(indexed, file gone) is left out and reported as lost.
 
-The backup is built in ``<dest>.partial`` and renamed to ``<dest>`` only when complete and
-flushed, so a backup that was interrupted (kill, power cut, full disk) never looks like one. The
-result is a data folder: serving it (``--data <dest>``) is the restore. The thumbnail cache is not
-copied (it is rebuilt on demand), nor is anything outside the data folder (the ini, the
-credentials file). A PostgreSQL + object storage backend would back up with its own tools; this
-module is for the embedded backend.
+A backup is marked incomplete (``INCOMPLETE-BACKUP`` in its folder, which ``check`` reports) until
+everything in it is flushed. A new folder is built as ``<dest>.partial`` and renamed when complete;
+an existing empty folder (a mounted disk, a link to one) is filled in place. A leftover of an
+interrupted backup (the marker present) is cleared by the next run. Copies keep the permissions
+of the archive's files and folders. Serving the result (``--data <dest>``) is the restore. The
+thumbnail cache is not copied (it is rebuilt on demand), nor is anything outside the data folder
+(the ini, the credentials files). A PostgreSQL + object storage backend would back up with its own
+tools; this module is for the embedded backend.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from .config import Settings
 from .ingest import IngestError, prepare
-from .storage.base import DuplicatePolicy, StorageError, StoredInstance
-from .storage.file_blobs import FileBlobStore, fsync_dir, fsync_file
+from .storage.base import DuplicatePolicy, Outcome, StorageError, StoredInstance
+from .storage.file_blobs import fsync_dir, fsync_file
 from .storage.sqlite_db import settle_copy, snapshot_database
 from .storage.sqlite_index import SqliteIndex
 from .storage.sqlite_npi import NpiIndex, NpiInstance
 
 DATABASES = ("index.sqlite3", "npi.sqlite3", "workitems.sqlite3")
 MANIFEST = "backup.json"
+INCOMPLETE = "INCOMPLETE-BACKUP"
 # How often a blob that keeps being replaced under the backup is chased before its instance is left out.
 CHASE_LIMIT = 5
+DELETED, LOST = "deleted during the backup", "lost from the archive: indexed there, its file missing (run check)"
 
 
 @dataclass
@@ -49,87 +55,138 @@ class BackupReport:
     npi_instances: int = 0
     bytes: int = 0
     replaced: list[str] = field(default_factory=list)   # copied in the version stored during the backup
-    dropped: list[str] = field(default_factory=list)    # deleted during the backup (or lost from the archive)
+    dropped: list[str] = field(default_factory=list)    # left out, with the reason
+
+    @property
+    def lost(self) -> list[str]:
+        """Instances left out because the live archive itself has lost their file."""
+        return [item for item in self.dropped if item.endswith(LOST)]
 
 
 def backup(settings: Settings, dest: str, progress: Callable[[int], None] | None = None) -> BackupReport:
-    """Copy the archive of ``settings`` into the new folder ``dest`` (see the module docstring).
+    """Copy the archive of ``settings`` into ``dest`` (see the module docstring).
 
-    ``dest`` must not exist, or be an empty folder. ``progress`` is called with the bytes copied so far.
-    A ``StorageError`` says why the backup could not be made; ``<dest>.partial`` is then left for the
-    operator to look at and remove.
+    ``dest`` must not exist, or be an empty folder (or hold an interrupted backup). ``progress`` is
+    called with the bytes copied so far. A ``StorageError`` says why the backup could not be made.
     """
-    source = os.path.abspath(settings.data_dir)
-    dest = os.path.abspath(dest)
-    partial = dest + ".partial"
+    source = os.path.realpath(settings.data_dir)
     if not os.path.exists(os.path.join(source, "index.sqlite3")):
         raise StorageError(f"no archive in {source} (no index.sqlite3 there)")
-    if os.path.isdir(dest) and os.listdir(dest) or os.path.exists(dest) and not os.path.isdir(dest):
-        raise StorageError(f"{dest} exists and is not an empty folder")
-    if os.path.exists(partial):
-        raise StorageError(f"{partial} exists (an interrupted backup?); remove it first")
-    if dest == source or dest.startswith(source + os.sep):
-        raise StorageError("the backup cannot go inside the data folder it copies")
+    dest = os.path.abspath(dest)
+    target, in_place = _target(dest, source)
     try:
-        os.makedirs(partial)
+        _start(target, source)
         report = BackupReport(dest)
+        copier = _Copier(source, target, progress)
         for name in DATABASES:
             if os.path.exists(os.path.join(source, name)):
-                snapshot_database(os.path.join(source, name), os.path.join(partial, name))
-        copier = _Copier(settings, progress)
-        _copy_patient_blobs(source, partial, copier, report)
-        if os.path.exists(os.path.join(partial, "npi.sqlite3")):
-            _copy_npi_blobs(source, partial, copier, report)
+                snapshot_database(os.path.join(source, name), os.path.join(target, name))
+                copier.copy_mode(name)
+        report.instances = _copy_patient_blobs(settings, source, target, copier, report)
+        if os.path.exists(os.path.join(target, "npi.sqlite3")):
+            report.npi_instances = _copy_npi_blobs(source, target, copier, report)
         report.bytes = copier.done
         for name in DATABASES:
-            if os.path.exists(os.path.join(partial, name)):
-                settle_copy(os.path.join(partial, name))
-        _write_manifest(partial, source, report)
-        fsync_dir(partial)
-        if os.path.isdir(dest):
-            os.rmdir(dest)
-        os.rename(partial, dest)
-        fsync_dir(os.path.dirname(dest))
+            if os.path.exists(os.path.join(target, name)):
+                settle_copy(os.path.join(target, name))
+        copier.flush_folders()
+        _write_manifest(target, source, report)
+        os.unlink(os.path.join(target, INCOMPLETE))
+        fsync_dir(target)
+        if not in_place:
+            os.rename(target, dest)
+            fsync_dir(os.path.dirname(dest))
     except OSError as exc:
-        raise StorageError(f"backup to {dest} failed: {exc.strerror or exc}"
-                           + (f" ({exc.filename})" if getattr(exc, "filename", None) else "")) from exc
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise StorageError(f"backup to {dest} failed: {exc.strerror or exc}{where}") from exc
     return report
 
 
-class _Copier:
-    """Copies blobs into the backup, each flushed before it counts, and keeps the byte count."""
+def _target(dest: str, source: str) -> tuple[str, bool]:
+    """Where to build the backup, and whether that is ``dest`` itself (an existing empty folder)."""
+    real = os.path.realpath(dest)
+    if real == source or real.startswith(source + os.sep):
+        raise StorageError("the backup cannot go inside the data folder it copies")
+    if os.path.lexists(dest):
+        if not os.path.isdir(dest):
+            raise StorageError(f"{dest} exists and is not a folder")
+        if os.listdir(dest) and not os.path.exists(os.path.join(dest, INCOMPLETE)):
+            raise StorageError(f"{dest} is not empty")
+        return real, True
+    partial = dest + ".partial"
+    if os.path.lexists(partial) and not os.path.exists(os.path.join(partial, INCOMPLETE)):
+        raise StorageError(f"{partial} exists and is not an interrupted backup; remove it first")
+    return partial, False
 
-    def __init__(self, settings: Settings, progress: Callable[[int], None] | None) -> None:
-        self.fsync = settings.fsync
+
+def _start(target: str, source: str) -> None:
+    """An empty ``target`` with the data folder's permissions, marked incomplete (and that flushed)."""
+    if os.path.exists(os.path.join(target, INCOMPLETE)):  # what an interrupted backup left
+        for name in os.listdir(target):
+            if name != INCOMPLETE:
+                path = os.path.join(target, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+    os.makedirs(target, exist_ok=True)
+    os.chmod(target, stat.S_IMODE(os.stat(source).st_mode))
+    with open(os.path.join(target, INCOMPLETE), "w", encoding="ascii") as fh:
+        fh.write("this backup is not complete: do not restore from it\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(target)
+    fsync_dir(os.path.dirname(target))
+
+
+class _Copier:
+    """Copies files of the data folder into the backup with their permissions, each flushed, and
+    keeps the byte count. A backup always flushes, whatever the server's ``fsync`` setting."""
+
+    def __init__(self, source: str, target: str, progress: Callable[[int], None] | None) -> None:
+        self.source = source
+        self.target = target
         self.progress = progress
         self.done = 0
         self.folders: set[str] = set()
 
-    def copy(self, source_path: str, target_path: str) -> bool:
+    def copy_mode(self, relative: str) -> None:
+        os.chmod(os.path.join(self.target, relative), stat.S_IMODE(os.stat(os.path.join(self.source, relative)).st_mode))
+
+    def copy(self, relative: str) -> bool:
         """Copy one blob; False when the source is gone (deleted since the snapshot)."""
-        folder = os.path.dirname(target_path)
+        source_path = os.path.join(self.source, relative)
+        target_path = os.path.join(self.target, relative)
+        folder = os.path.dirname(relative)
         if folder not in self.folders:
-            os.makedirs(folder, exist_ok=True)
-            self.folders.add(folder)
+            self._make_folders(folder)
         try:
             shutil.copyfile(source_path, target_path)
+            os.chmod(target_path, stat.S_IMODE(os.stat(source_path).st_mode))
         except FileNotFoundError:
             if not os.path.exists(source_path):
+                if os.path.exists(target_path):
+                    os.unlink(target_path)
                 return False
             raise
-        if self.fsync:
-            fsync_file(target_path)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, target_path) from exc  # name the backup, not the archive
+        fsync_file(target_path)
         self.done += os.path.getsize(target_path)
         if self.progress is not None:
             self.progress(self.done)
         return True
 
-    def flush_folders(self, root: str) -> None:
-        if self.fsync:
-            for folder in sorted(self.folders):
-                if folder.startswith(root):
-                    fsync_dir(folder)
-            fsync_dir(root)
+    def _make_folders(self, relative: str) -> None:
+        parts = relative.split(os.sep)
+        for depth in range(1, len(parts) + 1):
+            folder = os.path.join(*parts[:depth])
+            if folder not in self.folders:
+                path = os.path.join(self.target, folder)
+                os.makedirs(path, exist_ok=True)
+                os.chmod(path, stat.S_IMODE(os.stat(os.path.join(self.source, folder)).st_mode))
+                self.folders.add(folder)
+
+    def flush_folders(self) -> None:
+        for folder in sorted(self.folders, key=len, reverse=True):
+            fsync_dir(os.path.join(self.target, folder))
 
 
 @dataclass
@@ -144,15 +201,19 @@ class _Entry:
 
 
 def _copy_entries(entries: Iterable[_Entry], copy: Callable[[str], bool], report: BackupReport) -> int:
-    """Copy each entry's blob; follow the ones replaced since the snapshot, drop the deleted ones.
-    The number of instances the copy holds."""
+    """Copy each entry's blob, following the ones replaced since the snapshot. The snapshot is
+    changed only once ``entries`` is exhausted (it may be a cursor over that snapshot); only the
+    entries that changed are held meanwhile. The number of instances the copy holds."""
     held = 0
+    changed: list[tuple[_Entry, str | None, str]] = []
     for entry in entries:
         if copy(entry.key):
             held += 1
             continue
-        key = _chase(entry.current_key, entry.key, copy)
-        problem = "deleted during the backup" if key is None else entry.adopt(key)
+        key, why = _chase(entry.current_key, entry.key, copy)
+        changed.append((entry, key, why))
+    for entry, key, why in changed:
+        problem = why if key is None else entry.adopt(key)
         if problem is None:
             held += 1
             report.replaced.append(entry.label)
@@ -162,33 +223,41 @@ def _copy_entries(entries: Iterable[_Entry], copy: Callable[[str], bool], report
     return held
 
 
-def _chase(current_key: Callable[[], str | None], old_key: str, copy: Callable[[str], bool]) -> str | None:
-    """The key of the instance's current blob, copied; None when it is deleted, or still indexed with
-    its file gone (the live archive lost it: ``check`` there says so)."""
+def _chase(current_key: Callable[[], str | None], old_key: str, copy: Callable[[str], bool]) -> tuple[str | None, str]:
+    """(the key of the instance's current blob, copied; or None and why it is left out)."""
     key = old_key
     for _ in range(CHASE_LIMIT):
         current = current_key()
-        if current is None or current == key:
-            return None
+        if current is None:
+            return None, DELETED
+        if current == key:
+            return None, LOST
         key = current
         if copy(key):
-            return key
-    return None
+            return key, ""
+    return None, f"replaced more than {CHASE_LIMIT} times during the backup"
 
 
-def _copy_patient_blobs(source: str, partial: str, copier: _Copier, report: BackupReport) -> None:
-    live_blobs = FileBlobStore(os.path.join(source, "blobs"), fsync=False)
-    copy_blobs = FileBlobStore(os.path.join(partial, "blobs"), fsync=False)
-    snapshot = SqliteIndex(os.path.join(partial, "index.sqlite3"), synchronous="OFF")
+def _blob_path(folder: str, key: str) -> str:
+    return os.path.join(folder, key[:2], key)
+
+
+def _copy_patient_blobs(settings: Settings, source: str, target: str, copier: _Copier,
+                        report: BackupReport) -> int:
+    snapshot = SqliteIndex(os.path.join(target, "index.sqlite3"), synchronous="OFF")
     live = SqliteIndex(os.path.join(source, "index.sqlite3"))
 
     def adopt(key: str) -> str | None:
+        path = os.path.join(target, _blob_path("blobs", key))
         try:
-            record = prepare(copy_blobs.local_path(key)).record(key)
+            record = prepare(path, bulk_threshold=settings.bulk_threshold).record(key)
         except IngestError as exc:  # it was stored, so it parses; unless the file was damaged since
-            os.unlink(copy_blobs.local_path(key))
+            os.unlink(path)
             return f"its new version does not parse: {exc.reason}"
-        snapshot.add_instances([record], DuplicatePolicy.REPLACE)
+        [result] = snapshot.add_instances([record], DuplicatePolicy.REPLACE)
+        if result.outcome not in (Outcome.STORED, Outcome.REPLACED):
+            os.unlink(path)
+            return f"its new version could not be indexed in the copy ({result.outcome.name})"
         return None
 
     def entry(row: StoredInstance) -> _Entry:
@@ -199,20 +268,15 @@ def _copy_patient_blobs(source: str, partial: str, copier: _Copier, report: Back
                       lambda: live.blob_key_of(row.sop_uid), adopt, drop)
 
     try:
-        rows = list(snapshot.iter_instance_files())
-        report.instances = _copy_entries(
-            map(entry, rows), lambda key: copier.copy(live_blobs.local_path(key), copy_blobs.local_path(key)),
-            report)
+        return _copy_entries(map(entry, snapshot.iter_instance_files()),
+                             lambda key: copier.copy(_blob_path("blobs", key)), report)
     finally:
         live.close()
         snapshot.close()
-    copier.flush_folders(os.path.join(partial, "blobs"))
 
 
-def _copy_npi_blobs(source: str, partial: str, copier: _Copier, report: BackupReport) -> None:
-    live_blobs = FileBlobStore(os.path.join(source, "npi-blobs"), fsync=False)
-    copy_blobs = FileBlobStore(os.path.join(partial, "npi-blobs"), fsync=False)
-    snapshot = NpiIndex(os.path.join(partial, "npi.sqlite3"), synchronous="OFF")
+def _copy_npi_blobs(source: str, target: str, copier: _Copier, report: BackupReport) -> int:
+    snapshot = NpiIndex(os.path.join(target, "npi.sqlite3"), synchronous="OFF")
     live = NpiIndex(os.path.join(source, "npi.sqlite3"))
 
     def entry(inst: NpiInstance) -> _Entry:
@@ -223,7 +287,7 @@ def _copy_npi_blobs(source: str, partial: str, copier: _Copier, report: BackupRe
         def adopt(key: str) -> str | None:
             current = live.get(inst.resource, inst.sop_uid)
             if current is None or current.blob_key != key:
-                os.unlink(copy_blobs.local_path(key))
+                os.unlink(os.path.join(target, _blob_path("npi-blobs", key)))
                 return "changed again during the backup"
             snapshot.add([current], DuplicatePolicy.REPLACE)
             return None
@@ -232,17 +296,15 @@ def _copy_npi_blobs(source: str, partial: str, copier: _Copier, report: BackupRe
                       lambda: snapshot.remove(inst.sop_uid))
 
     try:
-        report.npi_instances = _copy_entries(
-            map(entry, snapshot.all_instances()),
-            lambda key: copier.copy(live_blobs.local_path(key), copy_blobs.local_path(key)), report)
+        return _copy_entries(map(entry, snapshot.all_instances()),
+                             lambda key: copier.copy(_blob_path("npi-blobs", key)), report)
     finally:
         live.close()
         snapshot.close()
-    copier.flush_folders(os.path.join(partial, "npi-blobs"))
 
 
-def _write_manifest(partial: str, source: str, report: BackupReport) -> None:
-    path = os.path.join(partial, MANIFEST)
+def _write_manifest(target: str, source: str, report: BackupReport) -> None:
+    path = os.path.join(target, MANIFEST)
     with open(path, "w", encoding="utf-8") as fh:
         json.dump({"source": source, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                    "instances": report.instances, "npi_instances": report.npi_instances,

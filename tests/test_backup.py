@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -148,7 +150,7 @@ def test_cli_backup_prints_a_summary_and_errors_in_one_line(tmp_path, capsys):
     assert "backed up 2 instances and 0 non-patient instances" in out
     assert main(["backup", "--data", str(source), str(tmp_path / "copy")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("dicomweb-wsgi: storage error:") and "not an empty folder" in err
+    assert err.startswith("dicomweb-wsgi: storage error:") and "is not empty" in err
 
 
 def test_backup_of_a_live_server_under_load_is_consistent(tmp_path):
@@ -228,10 +230,225 @@ def test_a_backup_killed_at_any_point_never_leaves_a_half_made_destination(tmp_p
             assert len(_instances(make_client(dest), _study_uids(client)[0])) >= 1
         else:
             outcomes.add("interrupted" if partial.exists() else "not started")
+            if partial.exists():
+                # What it left is marked incomplete, check says so, and the next run clears it.
+                _check_fails_as_incomplete(partial)
+                assert backup(_settings(source), str(dest)).instances == 60
+                _check(dest)
         shutil.rmtree(dest, ignore_errors=True)
         shutil.rmtree(partial, ignore_errors=True)
     assert "interrupted" in outcomes  # some kills landed while the backup was being written
 
 
+def _check_fails_as_incomplete(folder) -> None:
+    from dicomweb_wsgi.backup import INCOMPLETE
+
+    assert (folder / INCOMPLETE).exists()
+    if not (folder / "index.sqlite3").exists():
+        return
+    archive = Archive.open(_settings(folder))
+    try:
+        report = archive.check(verify_digests=False)
+    finally:
+        archive.close()
+    assert not report.healthy and any(INCOMPLETE in item for item in report.integrity)
+
+
+def test_an_interrupted_backup_into_an_existing_folder_is_cleared_by_the_next_run(tmp_path):
+    from dicomweb_wsgi.backup import INCOMPLETE
+
+    source, _, study_uid = _archive(tmp_path)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (disk / INCOMPLETE).write_text("left by a backup killed part way\n")
+    (disk / "index.sqlite3").write_bytes(b"half a database")
+    report = backup(_settings(source), str(disk))
+    assert report.instances == 2 and not (disk / INCOMPLETE).exists()
+    _check(disk)
+    # A folder that is not a backup of ours is never cleared.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    with pytest.raises(StorageError, match="not empty"):
+        backup(_settings(source), str(mine))
+    (tmp_path / "other.partial").mkdir()
+    (tmp_path / "other.partial" / "notes").write_text("keep me")
+    with pytest.raises(StorageError, match="not an interrupted backup"):
+        backup(_settings(source), str(tmp_path / "other"))
+    assert (mine / "thesis.tex").read_text() == "keep me" and (tmp_path / "other.partial" / "notes").exists()
+
+
 def _study_uids(client) -> list[str]:
     return [s["0020000D"]["Value"][0] for s in client.get("/studies", status=200).json]
+
+def _archive(tmp_path, **settings):
+    source = tmp_path / "data"
+    client = make_client(source, **settings)
+    study_uid = new_uid()
+    store(client, [make_dataset(study_uid=study_uid, InstanceNumber=i, pixel_seed=i) for i in range(2)])
+    return source, client, study_uid
+
+
+def test_replaced_instance_is_reindexed_with_the_servers_bulk_threshold(tmp_path):
+    # An instance replaced during the backup is indexed in the copy as the server indexes it (its
+    # bulk_threshold).
+    settings = {"duplicate_policy": "replace", "bulk_threshold": "256"}
+    source = tmp_path / "data"
+    live = make_client(source, **settings)
+    study_uid, series_uid, sop_uid = new_uid(), new_uid(), new_uid()
+    lut = bytes(range(256)) * 2  # 512 bytes: over the server's threshold, under the default
+    first = make_dataset(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+                         RedPaletteColorLookupTableData=lut)
+    store(live, [make_dataset(study_uid=study_uid, series_uid=series_uid), first])  # copied second
+    url = f"/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}/metadata"
+    assert "BulkDataURI" in live.get(url).json[0]["00281201"]
+
+    def progress(done: int) -> None:
+        if not progress.done:
+            progress.done = True
+            store(live, [make_dataset(study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid,
+                                      InstanceNumber=9, RedPaletteColorLookupTableData=lut)])
+    progress.done = False
+
+    report = backup(_settings(source, **settings), str(tmp_path / "copy"), progress=progress)
+    assert progress.done and len(report.replaced) == 1
+    restored = make_client(tmp_path / "copy", **settings)
+    assert restored.get(url).json[0]["00281201"] == live.get(url).json[0]["00281201"]
+    assert restored.get(url).json == live.get(url).json
+
+
+def test_copied_blobs_keep_the_sources_permissions(tmp_path):
+    # The copy of patient data is no more readable than the archive (blobs 0600, a 0700 data folder).
+    old = os.umask(0o022)
+    try:
+        source, _, _ = _archive(tmp_path)
+        os.chmod(source, 0o700)
+        backup(_settings(source), str(tmp_path / "copy"))
+    finally:
+        os.umask(old)
+    copy = tmp_path / "copy"
+    blobs = [os.path.join(folder, name) for folder, _, files in os.walk(copy / "blobs") for name in files]
+    assert blobs
+    for path in blobs:
+        src = os.path.join(source, os.path.relpath(path, copy))
+        assert oct(stat.S_IMODE(os.stat(path).st_mode)) == oct(stat.S_IMODE(os.stat(src).st_mode)), path
+    assert stat.S_IMODE(os.stat(copy).st_mode) & 0o077 == 0, oct(os.stat(copy).st_mode)
+
+
+def test_dest_a_symlink_to_an_empty_folder(tmp_path):
+    # A link to an empty folder is filled in place, or refused before anything is copied.
+    source, _, _ = _archive(tmp_path)
+    (tmp_path / "disk").mkdir()
+    os.symlink(tmp_path / "disk", tmp_path / "dest")
+    try:
+        backup(_settings(source), str(tmp_path / "dest"))
+    except StorageError:
+        # Refusing is acceptable only before anything is copied.
+        assert not (tmp_path / "dest.partial").exists(), "refused after copying everything"
+        return
+    assert os.path.exists(tmp_path / "dest" / "index.sqlite3")
+
+
+def test_dest_an_empty_mount_point(tmp_path):
+    # An empty mounted disk is filled in place (the copy lands on that disk, not its parent's).
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a tmpfs")
+    source, _, _ = _archive(tmp_path)
+    disk = tmp_path / "usb"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "none", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        try:
+            backup(_settings(source), str(disk))
+        except StorageError:
+            assert not (tmp_path / "usb.partial").exists(), "refused after copying everything"
+            return
+        assert os.stat(disk / "index.sqlite3").st_dev == os.stat(disk).st_dev
+    finally:
+        subprocess.run(["umount", str(disk)])
+
+
+def test_dest_inside_the_data_folder_through_a_symlink_is_refused(tmp_path):
+    # The backup cannot go inside the data folder, not even through a link.
+    source, _, _ = _archive(tmp_path)
+    os.symlink(source, tmp_path / "alias")
+    with pytest.raises(StorageError):
+        backup(_settings(source), str(tmp_path / "alias" / "backup"))
+
+
+def test_adopt_ignores_a_refused_replace_and_leaves_a_row_without_its_blob(tmp_path):
+    # A new version the copy's index refuses (its series now under another study) is left out, never a row
+    # without its blob. Sequence (policy replace, deletes allowed): the snapshot holds X in study A and
+    # series S2 in study C; then study C is deleted and X is stored again into S2 under study B.
+    from dicomweb_wsgi.archive import Archive
+
+    settings = {"duplicate_policy": "replace", "allow_delete": "true"}
+    source = tmp_path / "data"
+    live = make_client(source, **settings)
+    study_a, study_b, study_c, s1, s2 = (new_uid() for _ in range(5))
+    w = make_dataset(study_uid=study_a, series_uid=s1)
+    x = make_dataset(study_uid=study_a, series_uid=s1)
+    y = make_dataset(study_uid=study_c, series_uid=s2)
+    store(live, [w])
+    store(live, [x])
+    store(live, [y])
+
+    def progress(done: int) -> None:
+        if not progress.done:  # after W is copied, before X and Y are
+            progress.done = True
+            live.delete(f"/studies/{study_c}", status=204)
+            store(live, [make_dataset(study_uid=study_b, series_uid=s2, sop_uid=x.SOPInstanceUID)])
+    progress.done = False
+
+    report = backup(_settings(source, **settings), str(tmp_path / "copy"), progress=progress)
+    assert progress.done
+    archive = Archive.open(_settings(tmp_path / "copy"))
+    try:
+        result = archive.check()
+    finally:
+        archive.close()
+    assert result.healthy, (report.replaced, report.dropped, result.missing, result.orphans)
+
+
+def test_a_full_destination_is_reported_as_the_destination_not_the_live_archive(tmp_path):
+    # A full backup disk is named in the error, not the archive's file that was being copied.
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root to mount a small tmpfs")
+    from dicomweb_wsgi.__main__ import main
+
+    source = tmp_path / "data"
+    store(make_client(source), [make_dataset(rows=256, columns=256, pixel_seed=i) for i in range(30)])
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "none", str(small)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        import contextlib
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            assert main(["backup", "--data", str(source), str(small / "bk")]) == 2
+        message = err.getvalue().strip().splitlines()[-1]
+    finally:
+        subprocess.run(["umount", str(small)])
+    assert "No space left" in message
+    assert str(source) not in message.split("failed:", 1)[1], message
+
+
+def test_an_instance_lost_from_the_live_archive_is_not_reported_as_deleted_during_the_backup(tmp_path, capsys):
+    # An instance the live archive has lost (indexed, file gone) is reported as lost, and the command
+    # exits 1.
+    from dicomweb_wsgi.__main__ import main
+    from dicomweb_wsgi.archive import Archive
+
+    source, client, study_uid = _archive(tmp_path)
+    client.app.close()
+    archive = Archive.open(_settings(source))
+    try:
+        lost = archive.instances(study_uid)[0]
+        os.unlink(archive.path(lost))
+    finally:
+        archive.close()
+    status = main(["backup", "--data", str(source), str(tmp_path / "copy")])
+    out = capsys.readouterr().out
+    assert "deleted during the backup" not in out and status != 0, (status, out)
