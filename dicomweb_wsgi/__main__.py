@@ -185,8 +185,15 @@ def waitress_options(server_conf: Mapping[str, Any], settings: Settings) -> dict
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import faulthandler
+
     import waitress
 
+    from .workers import serve_until_stopped
+
+    # A crash in native code (a codec, Pillow, numpy) then leaves every thread's Python stack in the
+    # log instead of only "killed by SIGSEGV"; forked workers inherit it.
+    faulthandler.enable()
     settings, server_conf = load_config(args)
     workers = resolve_workers(args.workers, server_conf)
     host, port = resolve_listen(args.listen, server_conf, os.environ)
@@ -217,9 +224,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"dicomweb_wsgi serving {os.path.abspath(settings.data_dir)} on "
           f"http://{server.effective_host}:{server.effective_port}", flush=True)
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped(server)  # SIGTERM/SIGINT: finish the requests in flight, as workers do
     finally:
         if channel is not None:
             channel.stop()
@@ -271,7 +276,7 @@ def serve_workers(settings: Settings, options: dict[str, Any], host: str, port: 
                     channel = events.start_event_channel(settings, app.ctx.workitems,
                                                          poll_interval=events.CROSS_PROCESS_POLL_S)
                 ready()
-                serve_until_stopped(server, on_listeners_closed=lambda: counts.retire(index))
+                serve_until_stopped(server, on_listeners_closed=lambda: counts.retire(index), on_tick=ready)
             finally:
                 if channel is not None:
                     channel.stop()

@@ -11,7 +11,13 @@ waitress on the inherited socket; a new connection goes to a worker holding the 
 The parent (``Supervisor``) holds no app, no thread and no database: it restarts a worker that dies
 (after a backoff that grows while a worker keeps dying young, logged each time), stops every worker
 gracefully on SIGTERM or SIGINT (or after ``max_seconds``) and exits 0. A worker that cannot start
-(a configuration or storage error, exit status 2) makes the whole server exit with its status. Each
+(a configuration or storage error, exit status 2) makes the whole server exit with its status; so
+does a replacement that fails to start ``MAX_FAILED_STARTS`` times in a row (a damaged index, a port
+taken), so that the service manager sees the failure instead of a server that accepts connections
+nobody answers. A serving worker sends a heartbeat every ``HEARTBEAT_SECONDS`` from its event loop;
+one silent for ``LIVENESS_SECONDS`` (stuck in a C call holding the GIL, a read from a failing disk) is
+killed and replaced. A failed ``fork`` is retried after the backoff. SIGHUP reopens the log files of
+every process (for logrotate without ``copytruncate``). Each
 worker dies with its parent: Linux sends it SIGTERM when the parent dies (``PR_SET_PDEATHSIG``;
 elsewhere a thread watches the parent pid), so a killed parent never leaves workers holding the port.
 
@@ -43,6 +49,9 @@ STOP_SECONDS = 20.0       # then the parent kills what is left (systemd's Timeou
 BACKOFF_FIRST = 0.5       # restart delay after a worker that had run for a while
 BACKOFF_MAX = 30.0        # the delay doubles for each worker in a row that dies within STABLE_SECONDS
 STABLE_SECONDS = 30.0
+MAX_FAILED_STARTS = 5     # a worker that cannot start this many times in a row ends the server
+HEARTBEAT_SECONDS = 5.0   # a serving worker tells the parent it is alive this often...
+LIVENESS_SECONDS = 60.0   # ...and one silent for this long is taken for hung, killed and replaced
 PR_SET_PDEATHSIG = 1      # <linux/prctl.h>
 
 # (worker index, ready callback) -> exit status; runs in the forked child.
@@ -110,9 +119,12 @@ def listening_dispatchers(server: Any) -> list[Any]:
 
 
 def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS,
-                        on_listeners_closed: Callable[[], None] = lambda: None) -> None:
+                        on_listeners_closed: Callable[[], None] = lambda: None,
+                        on_tick: Callable[[], None] = lambda: None) -> None:
     """Run a waitress server (from ``create_server``) until SIGTERM or SIGINT, then stop gracefully.
 
+    ``on_tick`` is called from the event loop at most every ``HEARTBEAT_SECONDS`` (a worker's
+    heartbeat: it stops when the loop does). SIGHUP reopens the log files.
     Stopping: close this process's listening sockets (the port is free once every worker has), keep
     the loop running while connections still have a request being read, run or answered (at most
     ``drain_seconds``), close idle keep-alive connections, then wait for the request threads.
@@ -121,16 +133,27 @@ def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS,
     from waitress.channel import HTTPChannel
 
     stop: list[int] = []
+    reopen: list[int] = []
 
     def request_stop(signum: int, frame: Any) -> None:
         stop.append(signum)
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reopen.append(signum))
     socket_map = server.map if hasattr(server, "map") else server._map
     adj = server.adj
+    next_tick = 0.0
     while not stop and socket_map:
-        wasyncore.loop(timeout=adj.asyncore_loop_timeout, map=socket_map, use_poll=adj.asyncore_use_poll, count=1)
+        wasyncore.loop(timeout=min(adj.asyncore_loop_timeout, HEARTBEAT_SECONDS), map=socket_map,
+                       use_poll=adj.asyncore_use_poll, count=1)
+        if reopen:
+            reopen.clear()
+            reopen_log_files()
+        now = time.monotonic()
+        if now >= next_tick:
+            next_tick = now + HEARTBEAT_SECONDS
+            on_tick()
     for obj in listening_dispatchers(server):
         # The dispatcher's own close, not the server's: the server's would also close the trigger
         # that request threads use to wake this loop.
@@ -151,6 +174,23 @@ def serve_until_stopped(server: Any, drain_seconds: float = DRAIN_SECONDS,
     wasyncore.close_all(socket_map)
 
 
+def reopen_log_files() -> None:
+    """Reopen every log file this process writes (after logrotate moved it away)."""
+    handlers = set(logging.getLogger().handlers)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger):
+            handlers.update(logger.handlers)
+    for handler in handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream is not None:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+
+
 def _input_waiting(sock: socket.socket) -> bool:
     """Whether bytes (or the peer's close) wait unread on a connection: a request sent before the
     stop that the loop has not read yet must not be taken for an idle keep-alive connection."""
@@ -169,7 +209,9 @@ class _Slot:
     started: float = 0.0
     ready: bool = False
     quick_deaths: int = 0
+    failed_starts: int = 0
     restart_at: float | None = None
+    last_beat: float = 0.0
 
 
 class Supervisor:
@@ -187,6 +229,7 @@ class Supervisor:
         self.on_exit = on_exit  # called in the parent with the index of each worker that ended
         self.slots = [_Slot(i) for i in range(count)]
         self._stopping = False
+        self._reopen = False
         self._pid = os.getpid()
         self._wake_r = self._wake_w = self._ready_r = self._ready_w = -1
         self._saved: dict[int, Any] = {}
@@ -208,8 +251,7 @@ class Supervisor:
                 if self._stopping or (deadline is not None and time.monotonic() >= deadline):
                     return 0
             on_ready()
-            self._supervise(deadline)
-            return 0
+            return self._supervise(deadline)
         finally:
             self._stop_all()
             self._uninstall()
@@ -223,8 +265,11 @@ class Supervisor:
 
         def request_stop(signum: int, frame: Any) -> None:
             self._stopping = True
+
+        def request_reopen(signum: int, frame: Any) -> None:
+            self._reopen = True
         for signum, handler in ((signal.SIGTERM, request_stop), (signal.SIGINT, request_stop),
-                                (signal.SIGCHLD, lambda signum, frame: None)):
+                                (signal.SIGHUP, request_reopen), (signal.SIGCHLD, lambda signum, frame: None)):
             self._saved[signum] = signal.signal(signum, handler)
 
     def _uninstall(self) -> None:
@@ -242,6 +287,7 @@ class Supervisor:
         if pid == 0:
             self._run_child(slot.index)  # never returns
         slot.pid, slot.started, slot.ready, slot.restart_at = pid, time.monotonic(), False, None
+        slot.last_beat = slot.started
         log.info("worker %d started (pid %d)", slot.index, pid)
 
     def _start_up(self, slots: Sequence[_Slot], deadline: float | None) -> int | None:
@@ -264,29 +310,68 @@ class Supervisor:
                 return code if code > 0 else 1
         return None
 
-    def _supervise(self, deadline: float | None) -> None:
+    def _supervise(self, deadline: float | None) -> int:
+        """Keep the workers running until told to stop; the exit status (not 0 when one cannot start)."""
         while not self._stopping:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 log.info("--max-seconds reached: stopping")
-                return
+                return 0
             due = [slot.restart_at for slot in self.slots if slot.restart_at is not None]
             timeout = min([1.0] + [t - now for t in due] + ([deadline - now] if deadline is not None else []))
             self._wait(max(0.0, timeout))
+            if self._reopen:
+                self._reopen = False
+                reopen_log_files()
+                for slot in self.slots:
+                    if slot.pid is not None:
+                        _kill(slot.pid, signal.SIGHUP)
             for slot, status in self._reap():
+                if not slot.ready:
+                    slot.failed_starts += 1
+                    if slot.failed_starts >= MAX_FAILED_STARTS:
+                        log.error("worker %d could not start %d times in a row (last: %s): stopping the server",
+                                  slot.index, slot.failed_starts, _describe(status))
+                        slot.pid = None
+                        code = os.waitstatus_to_exitcode(status)
+                        return code if code > 0 else 1
                 self._schedule_restart(slot, status)
+            self._kill_hung()
             now = time.monotonic()
             for slot in self.slots:
                 if slot.restart_at is not None and slot.restart_at <= now and not self._stopping:
-                    self._spawn(slot)
+                    try:
+                        self._spawn(slot)
+                    except OSError as exc:  # ENOMEM, EAGAIN: right after an OOM kill, say
+                        slot.started = now
+                        self._schedule_restart(slot, 0, f"could not be forked ({exc.strerror})")
+        return 0
 
-    def _schedule_restart(self, slot: _Slot, status: int) -> None:
+    def _kill_hung(self) -> None:
+        """SIGKILL a worker silent too long: one serving that stopped its heartbeat, or one starting
+        for longer than ``STARTUP_SECONDS``; it is then reaped and replaced like any dead worker."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid is None:
+                continue
+            if slot.ready and now - slot.last_beat > LIVENESS_SECONDS:
+                log.error("worker %d (pid %d) has sent no heartbeat for %.0f s: killing it",
+                          slot.index, slot.pid, now - slot.last_beat)
+            elif not slot.ready and now - slot.started > STARTUP_SECONDS:
+                log.error("worker %d (pid %d) did not start within %.0f s: killing it",
+                          slot.index, slot.pid, STARTUP_SECONDS)
+            else:
+                continue
+            _kill(slot.pid, signal.SIGKILL)
+            slot.last_beat = now  # once
+
+    def _schedule_restart(self, slot: _Slot, status: int, what: str = "") -> None:
         lived = time.monotonic() - slot.started
         slot.quick_deaths = slot.quick_deaths + 1 if lived < STABLE_SECONDS else 0
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** slot.quick_deaths)
         slot.restart_at = time.monotonic() + delay
-        log.warning("worker %d (pid %d) %s after %.1f s; restarting it in %.1f s",
-                    slot.index, slot.pid, _describe(status), lived, delay)
+        log.warning("worker %d (pid %s) %s after %.1f s; restarting it in %.1f s",
+                    slot.index, slot.pid, what or _describe(status), lived, delay)
         slot.pid = None
 
     def _wait(self, timeout: float) -> None:
@@ -298,10 +383,14 @@ class Supervisor:
         if self._wake_r in readable:
             _drain(self._wake_r)
         if self._ready_r in readable:
+            now = time.monotonic()
             for index in _drain(self._ready_r):
                 slot = self.slots[index] if index < len(self.slots) else None
-                if slot is not None and slot.pid is not None and not slot.ready:
-                    slot.ready = True
+                if slot is None or slot.pid is None:
+                    continue
+                slot.last_beat = now  # the first message says ready, the next ones alive
+                if not slot.ready:
+                    slot.ready, slot.failed_starts = True, 0
                     log.info("worker %d (pid %d) serving", index, slot.pid)
 
     def _reap(self) -> list[tuple[_Slot, int]]:
@@ -352,15 +441,20 @@ class Supervisor:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             for fd in (self._wake_r, self._wake_w, self._ready_r):
                 os.close(fd)
             exit_with_parent(self._pid)
             ready_w = self._ready_w
+            os.set_blocking(ready_w, False)  # a heartbeat never blocks a worker on a parent not reading
 
             def ready() -> None:
-                os.write(ready_w, bytes([index]))
+                """Called once serving, then as a heartbeat (``serve_until_stopped``'s ``on_tick``)."""
+                try:
+                    os.write(ready_w, bytes([index]))
+                except BlockingIOError:  # the parent is not reading: it will see the next one
+                    pass
             code = int(self.target(index, ready) or 0)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1

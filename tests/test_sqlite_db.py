@@ -133,3 +133,16 @@ def test_the_gate_is_not_shared_with_a_forked_child(tmp_path):
         proc.join(30)
     assert "another process holds it" in outcome
     index.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_storage_error_naming_it(tmp_path, capsys):
+    # A damaged index must reach the operator as one line (exit 2), not as a sqlite3 traceback.
+    from dicomweb_wsgi.__main__ import main
+    from dicomweb_wsgi.storage.base import StorageError
+
+    path = tmp_path / "index.sqlite3"
+    path.write_bytes(b"this is not a database" * 200)
+    with pytest.raises(StorageError, match="index.sqlite3"):
+        SqliteIndex(str(path))
+    assert main(["stats", "--data", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("dicomweb-wsgi: storage error:")

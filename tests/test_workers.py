@@ -26,7 +26,7 @@ import requests
 from pydicom.uid import generate_uid
 from websockets.sync.client import connect
 
-from dicomweb_wsgi import workflow
+from dicomweb_wsgi import workers, workflow
 from dicomweb_wsgi.accept_balance import NOT_SERVING, ConnectionCounts
 from dicomweb_wsgi.workers import Supervisor, bind_listeners, serve_until_stopped
 from dicomweb_wsgi.testing import dataset_bytes, make_dataset
@@ -222,12 +222,15 @@ def read_head(conn: socket.socket) -> bytes:
     return head
 
 
+@pytest.mark.parametrize("count", [1, 2])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_workers_sigterm_to_parent_finishes_the_request_in_flight_stops_all_and_frees_the_port(tmp_path, signum):
+def test_workers_sigterm_to_parent_finishes_the_request_in_flight_stops_all_and_frees_the_port(tmp_path, signum,
+                                                                                              count):
+    # workers = 1 (one process, what a small appliance runs) stops as gracefully as several.
     data_dir = str(tmp_path / "data")
-    server = ServerProcess(data_dir, extra=WORKERS_2, max_seconds=300)
+    server = ServerProcess(data_dir, extra=("--workers", str(count)), max_seconds=300)
     try:
-        workers = workers_of(server)
+        workers = workers_of(server) if count > 1 else []
         sent = new_instance()
         payload = b"".join(stow_chunks([sent]))
         with socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) as conn:
@@ -442,3 +445,162 @@ def test_workers_event_channel_delivers_changes_made_through_every_worker_in_ord
     lifecycle = [(1, "SCHEDULED"), (5, None), (1, "IN PROGRESS"), (1, "COMPLETED")]
     assert all(events == lifecycle for events in by_uid.values()), by_uid
     assert all(r["00000002"]["Value"] == [workflow.UPS_PUSH_SOP_CLASS] for r in reports)
+
+
+
+# -- the supervisor keeps a server that cannot serve from looking alive ----------------------------------
+
+def _incarnation(folder: str, index: int) -> int:
+    """How many times worker ``index`` has been started (counted in a file: each start is a new process)."""
+    path = os.path.join(folder, f"worker-{index}")
+    with open(path, "a+") as fh:
+        fh.write("x")
+        fh.seek(0)
+        return len(fh.read())
+
+
+def test_a_replacement_that_keeps_failing_to_start_ends_the_server(tmp_path, monkeypatch):
+    # Worker 1 serves, dies, and then cannot start again (a damaged index, a port taken): the parent
+    # must end with the worker's status so the service manager sees it, not hold a dead port for ever.
+    monkeypatch.setattr(workers, "BACKOFF_FIRST", 0.01)
+    monkeypatch.setattr(workers, "BACKOFF_MAX", 0.05)
+    monkeypatch.setattr(workers, "MAX_FAILED_STARTS", 3)
+    folder = str(tmp_path)
+
+    def target(index: int, ready: Callable[[], None]) -> int:
+        if index == 0:
+            ready()
+            time.sleep(60)
+            return 0
+        if _incarnation(folder, index) == 1:
+            ready()
+            time.sleep(0.1)
+            return 0
+        return 2  # a storage error at start-up
+
+    sockets = bind_listeners("127.0.0.1", 0, 16)
+    started = time.monotonic()
+    assert Supervisor(2, target, sockets, max_seconds=30).run() == 2
+    assert time.monotonic() - started < 10
+    assert _incarnation(folder, 1) - 1 == 1 + 3  # served once, then three failed starts
+
+
+def test_a_worker_whose_heartbeat_stops_is_killed_and_replaced(tmp_path, monkeypatch):
+    # A worker alive but stuck (a C call holding the GIL, a read from a failing disk; SIGSTOP here)
+    # sends no heartbeat: the parent kills and replaces it.
+    monkeypatch.setattr(workers, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(workers, "LIVENESS_SECONDS", 0.6)
+    monkeypatch.setattr(workers, "BACKOFF_FIRST", 0.01)
+    folder = str(tmp_path)
+
+    def target(index: int, ready: Callable[[], None]) -> int:
+        ready()
+        if index == 1 and _incarnation(folder, 1) == 1:
+            os.kill(os.getpid(), signal.SIGSTOP)  # hung: alive, silent
+        while True:
+            time.sleep(0.05)
+            ready()  # the heartbeat serve_until_stopped sends
+
+    ended: list[int] = []
+    sockets = bind_listeners("127.0.0.1", 0, 16)
+    assert Supervisor(2, target, sockets, max_seconds=3, on_exit=ended.append).run() == 0
+    assert _incarnation(folder, 1) - 1 >= 2  # the hung one was replaced
+    assert ended.count(1) >= 2 and ended.count(0) == 1, ended
+
+
+def test_a_failed_fork_while_restarting_is_retried_and_keeps_the_others_serving(monkeypatch):
+    import errno
+
+    real_fork = os.fork
+    parent = os.getpid()
+    forks: list[float] = []
+
+    def flaky_fork() -> int:
+        if os.getpid() == parent:
+            forks.append(time.monotonic())
+            if len(forks) == 3:  # the first restart, after the two first starts
+                raise OSError(errno.ENOMEM, os.strerror(errno.ENOMEM))
+        return real_fork()
+
+    def target(index: int, ready: Callable[[], None]) -> int:
+        ready()
+        time.sleep(0.2 if index == 1 else 60)  # worker 1 keeps ending; worker 0 serves throughout
+        return 0
+
+    ended: list[int] = []
+    monkeypatch.setattr(workers.os, "fork", flaky_fork)
+    monkeypatch.setattr(workers, "BACKOFF_FIRST", 0.05)
+    sockets = bind_listeners("127.0.0.1", 0, 16)
+    started = time.monotonic()
+    assert Supervisor(2, target, sockets, max_seconds=3, on_exit=ended.append).run() == 0
+    assert time.monotonic() - started >= 2.5 and len(forks) > 3
+    assert ended.count(0) == 1  # worker 0 was stopped only at the end
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_sighup_reopens_the_log_files_and_the_server_keeps_serving(tmp_path, count):
+    # logrotate moves the file away and sends SIGHUP: every process writes to a new file; nothing stops.
+    log_path = tmp_path / "access.log"
+    ini = tmp_path / "server.ini"
+    ini.write_text(f"""[app:main]
+dicomweb.fsync = false
+
+[loggers]
+keys = root, access
+
+[handlers]
+keys = file
+
+[formatters]
+keys = plain
+
+[logger_root]
+level = WARNING
+handlers =
+
+[logger_access]
+level = INFO
+handlers = file
+qualname = dicomweb_wsgi.access
+propagate = 0
+
+[handler_file]
+class = FileHandler
+args = ({str(log_path)!r}, "a")
+formatter = plain
+
+[formatter_plain]
+format = %(message)s
+""")
+    server = ServerProcess(str(tmp_path / "data"), extra=("--config", str(ini), "--workers", str(count)),
+                           max_seconds=120)
+    try:
+        pids = [server.proc.pid] + (workers_of(server) if count > 1 else [])
+        for _ in range(4):
+            assert requests.get(f"{server.url}/studies/1.1", timeout=DEADLINE).status_code == 404
+        wait_for(lambda: log_path.exists() and "/studies/1.1 " in log_path.read_text(), "the first lines")
+        log_path.rename(tmp_path / "access.log.1")
+        server.proc.send_signal(signal.SIGHUP)
+        time.sleep(1.5)  # the parent forwards it; each process reopens on its next loop pass
+        for _ in range(8):  # over new connections, so that every worker answers some
+            assert requests.get(f"{server.url}/studies/2.2", timeout=DEADLINE).status_code == 404
+        wait_for(lambda: log_path.exists() and log_path.read_text().count("/studies/2.2 ") == 8,
+                 "new lines in the new file")
+        assert "/studies/2.2 " not in (tmp_path / "access.log.1").read_text()
+        assert server.proc.poll() is None and all(not process_gone(pid) for pid in pids)
+    finally:
+        server.stop()
+
+
+def test_a_worker_killed_by_a_native_crash_leaves_its_python_stack_in_the_log(tmp_path):
+    # faulthandler is on in serve (and inherited by the workers): a crash in a codec, Pillow or
+    # numpy leaves each thread's Python stack, not only "killed by SIGSEGV".
+    server = ServerProcess(str(tmp_path / "data"), extra=WORKERS_2, max_seconds=120)
+    try:
+        victim = workers_of(server)[1]
+        os.kill(victim, signal.SIGSEGV)
+        wait_for(lambda: any("was killed by SIGSEGV" in line for line in server.output), "the death to be logged")
+        text = "".join(server.output)
+        assert "Fatal Python error: Segmentation fault" in text and 'File "' in text
+    finally:
+        server.stop()

@@ -103,10 +103,10 @@ class SqliteDatabase:
                                f"synchronous={self.synchronous}", *self._pragmas):
                     conn.execute("PRAGMA " + pragma)
                 return conn
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # OperationalError, or "file is not a database"
                 conn.close()
                 if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
-                    raise StorageError(f"{self.name} unavailable: {exc}") from exc
+                    raise StorageError(f"{self.name} unavailable ({self.path}): {exc}") from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
 
