@@ -33,9 +33,8 @@ from waitress.buffers import ReadOnlyFileBasedBuffer
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from corpus import Corpus  # noqa: E402
+from corpus import Corpus, stored_app  # noqa: E402
 
-from dicomweb_wsgi.app import make_app  # noqa: E402
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAMES_ANY = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
@@ -46,7 +45,7 @@ def send_piece() -> int:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        with socket.create_connection(listener.getsockname()) as client:
+        with socket.create_connection(listener.getsockname()):
             accepted, _ = listener.accept()
             with accepted:
                 return accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
@@ -129,15 +128,7 @@ def build(folder: str, instances: int) -> tuple[Any, dict[str, list[dict[str, An
     """A data folder with ``instances`` large CT instances in one series; the app, the workloads and the
     ceiling's files (each response's bytes, fetched once from the app)."""
     corpus = Corpus(1, "large", 1, 1, instances, tag="inproc")
-    paths = []
-    for n, data in enumerate(corpus.files()):
-        path = os.path.join(folder, f"in{n}.dcm")
-        with open(path, "wb") as fh:
-            fh.write(data)
-        paths.append(path)
-    app = make_app({"dicomweb.data_dir": os.path.join(folder, "data"), "dicomweb.min_free_space": "0"})
-    for result in app.archive.store_files(paths):
-        assert result.failure is None, result
+    app = stored_app(corpus, folder)
     refs = list(corpus.refs())
     first = refs[0]
     series = f"/studies/{first.study_uid}/series/{first.series_uid}"

@@ -18,7 +18,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -147,6 +147,23 @@ class Corpus:
             for series in range(self.series):
                 for number in range(self.instances):
                     yield self.instance_bytes(study, series, number)
+
+
+def stored_app(corpus: Corpus, folder: str) -> Any:
+    """A fresh ``make_app`` over ``folder``/data holding ``corpus`` (stored in-process, not over HTTP);
+    the instance files are written to ``folder`` first."""
+    from dicomweb_wsgi.app import make_app
+
+    paths = []
+    for n, data in enumerate(corpus.files()):
+        path = os.path.join(folder, f"in{n}.dcm")
+        with open(path, "wb") as fh:
+            fh.write(data)
+        paths.append(path)
+    app = make_app({"dicomweb.data_dir": os.path.join(folder, "data"), "dicomweb.min_free_space": "0"})
+    for result in app.archive.store_files(paths):
+        assert result.failure is None, result
+    return app
 
 
 def stow_bodies(files: Iterator[bytes] | list[bytes], per_request: int) -> list[tuple[str, bytes, int]]:

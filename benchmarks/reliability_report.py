@@ -221,7 +221,7 @@ def render(results: dict[str, Any]) -> str:
         bad = sum(r["rows without their file"] for r in live["moments"].values())
         left = sum(r["left after gc"] for r in live["moments"].values())
         point_runs = sum(r["runs"] for r in points["points"].values())
-        summary.append([f"`kill -9` during STOW, DELETE and UPS state changes", f"{live['trials']} trials + "
+        summary.append(["`kill -9` during STOW, DELETE and UPS state changes", f"{live['trials']} trials + "
                         f"{point_runs} exact kill points", f"{live['acknowledged']} instances and "
                         f"{live['workitems']} workitems acknowledged", lost + sum(r["lost"] for r in
                                                                                    points["points"].values()),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_plus
@@ -251,14 +252,28 @@ def parse_accept(values: Iterable[str]) -> list[MediaType]:
     """
     ranges: list[MediaType] = []
     for value in values:
-        for item in _split_list(value):
-            if not item.strip(" \t"):
-                continue
-            media_range = _parse_range(item)
-            if media_range is not None:
-                ranges.append(media_range)
+        ranges.extend(_parse_list_cached(value) if len(value) <= _CACHED_LENGTH else _parse_list(value))
     ranges.sort(key=lambda r: -r.q)
     return ranges
+
+
+def _parse_list(value: str) -> tuple[MediaType, ...]:
+    """The usable media ranges of one comma list, in the order given."""
+    ranges = []
+    for item in _split_list(value):
+        if not item.strip(" \t"):
+            continue
+        media_range = _parse_range(item)
+        if media_range is not None:
+            ranges.append(media_range)
+    return tuple(ranges)
+
+
+# A client sends the same Accept header with every request, and parsing a multipart one costs about as
+# much as looking the instance up; the results are immutable. Only short values are kept, so that
+# the cache stays small whatever clients send.
+_CACHED_LENGTH = 1024
+_parse_list_cached = lru_cache(maxsize=256)(_parse_list)
 
 
 @dataclass(frozen=True)
@@ -420,7 +435,9 @@ def accept_from_environ(environ: Mapping[str, Any]) -> list[MediaType]:
     """
     query = environ.get("QUERY_STRING") or ""
     from_query: list[str] = []
-    for piece in query.split("&"):
+    # Only a query that spells "accept", plainly or percent-encoded, can carry the parameter.
+    pieces = query.split("&") if "accept" in query or "%" in query else ()
+    for piece in pieces:
         name, sep, raw = piece.partition("=")
         if not sep or unquote_plus(name) != "accept":
             continue

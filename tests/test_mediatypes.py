@@ -576,6 +576,35 @@ def test_accept_from_environ_ohif_thumbnail_direct():
     assert sel is not None and sel.offer.media_type == "image/jpeg"
 
 
+def test_accept_from_environ_percent_encoded_parameter_name_recognised():
+    env = {"QUERY_STRING": "%61ccept=image/jpeg", "HTTP_ACCEPT": "image/png"}
+    assert [r.type for r in accept_from_environ(env)] == ["image/jpeg"]
+
+
+def test_parse_accept_results_are_independent_between_calls():
+    header = 'multipart/related; type="application/dicom", application/dicom;q=0.5'
+    first = parse_accept([header])
+    first.clear()
+    second = parse_accept([header])
+    assert [r.type for r in second] == ["multipart/related", "application/dicom"]
+    second.reverse()
+    assert [r.type for r in parse_accept([header])] == ["multipart/related", "application/dicom"]
+
+
+def test_parse_accept_long_header_parsed_like_a_short_one():
+    # Values past the cache's length limit take the uncached path; the outcome must not differ.
+    padding = ", ".join(f"image/x-{n};q=0.1" for n in range(120))
+    assert len(padding) > 1024
+    long = parse_accept(["application/dicom+json, " + padding])
+    assert long[0].type == "application/dicom+json" and len(long) == 121
+    assert [r.type for r in long[1:]] == [f"image/x-{n}" for n in range(120)]
+
+
+def test_parse_accept_combines_values_sorted_by_weight():
+    ranges = parse_accept(["image/png;q=0.2", "image/jpeg, image/gif;q=0.5"])
+    assert [(r.type, r.q) for r in ranges] == [("image/jpeg", 1.0), ("image/gif", 0.5), ("image/png", 0.2)]
+
+
 # --- properties ---------------------------------------------------------------------------------------------
 
 _token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~", min_size=1, max_size=12)

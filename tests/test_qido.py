@@ -437,7 +437,7 @@ def test_xml_results_are_multipart_native_dicom_model(archive):
         assert attrs["SeriesInstanceUID"].get("tag") == "0020000E"
         assert attrs["NumberOfSeriesRelatedInstances"].get("vr") == "IS"
     assert numbers == ["1", "2"]
-    (headers, body), = parse_multipart(*_xml(archive, f"/studies?PatientID=PID-B"))
+    (headers, body), = parse_multipart(*_xml(archive, "/studies?PatientID=PID-B"))
     name = parse_xml(body).find(f".//{XML_NS}DicomAttribute[@tag='00100010']/{XML_NS}PersonName/"
                                 f"{XML_NS}Alphabetic/{XML_NS}FamilyName")
     assert name.text == "Müller"

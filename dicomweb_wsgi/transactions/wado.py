@@ -16,6 +16,7 @@ Endian. A syntax that cannot be produced for every instance asked for is a 406.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import tempfile
@@ -60,10 +61,16 @@ def target_syntax(stored: str, requested: str | None) -> str:
     return requested or transcode.EXPLICIT_VR_LE
 
 
-def dicom_offers(instances: list[StoredInstance], single_ok: bool) -> list[Offer]:
+def dicom_offers(instances: list[StoredInstance], single_ok: bool) -> tuple[Offer, ...]:
     """What we can send for these instances: the syntaxes every one of them can be produced in."""
+    return _offers_for(frozenset(inst.transfer_syntax for inst in instances), single_ok)
+
+
+@functools.lru_cache(maxsize=256)
+def _offers_for(stored_syntaxes: frozenset[str], single_ok: bool) -> tuple[Offer, ...]:
+    """``dicom_offers`` for a set of stored syntaxes (few sets occur; offers are immutable)."""
     syntaxes: frozenset[str] | None = None
-    for stored in {inst.transfer_syntax for inst in instances}:
+    for stored in stored_syntaxes:
         reachable = transcode.producible_syntaxes(stored) - NEVER_SENT
         syntaxes = reachable if syntaxes is None else syntaxes & reachable
     syntaxes = frozenset(syntaxes or ())
@@ -71,7 +78,7 @@ def dicom_offers(instances: list[StoredInstance], single_ok: bool) -> list[Offer
     if single_ok:
         offers.append(Offer("application/dicom", multipart=False, transfer_syntaxes=syntaxes))
     offers.append(Offer(ZIP, multipart=False, transfer_syntaxes=syntaxes, by_name_only=True))
-    return offers
+    return tuple(offers)
 
 
 def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bool,
