@@ -16,6 +16,7 @@ from tests.serverproc import ServerProcess
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
+import bench_floor  # noqa: E402
 import client  # noqa: E402
 import compare  # noqa: E402
 import corpus  # noqa: E402
@@ -65,3 +66,39 @@ def test_compare_ours_alone_prints_table(tmp_path, capsys) -> None:
     assert "WADO-RS instance" in printed and "STOW 1 x 10 KB per request" in printed and "ceiling" in printed
     assert "peak storing 1 MB" in printed
     assert "| workload | conn |" in out.read_text()
+
+
+@pytest.mark.parametrize("workload", ["wado-uri", "qido-series"])
+def test_bench_floor_apps_answer_what_ours_answers(tmp_path, workload) -> None:
+    from wsgiref.util import FileWrapper
+
+    from webtest import TestApp
+
+    _, data_dir, manifest, calls = bench_floor.load(str(tmp_path), workload, 2)
+    apps = {kind: TestApp(bench_floor._app(kind, workload, data_dir, manifest),
+                          extra_environ={"wsgi.file_wrapper": FileWrapper})
+            for kind in ("ours", "floor", "ceiling")}
+    assert len(calls) == 2
+    for call in calls:
+        answers = {kind: app.get(call.path, headers=dict(call.headers)) for kind, app in apps.items()}
+        assert {resp.status_int for resp in answers.values()} == {200}
+        if workload == "wado-uri":
+            assert answers["floor"].body == answers["ours"].body == answers["ceiling"].body
+            assert len(answers["ours"].body) > 500_000
+        else:
+            assert answers["ceiling"].body == answers["ours"].body
+            series = {kind: sorted(item["0020000E"]["Value"][0] for item in json.loads(resp.body))
+                      for kind, resp in answers.items()}
+            assert series["floor"] == series["ours"] and len(series["ours"]) == 2
+
+
+def test_bench_floor_prints_a_row_per_server(tmp_path) -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "bench_floor.py"), "--workload", "qido-series",
+                           "--count", "2", "--reps", "1", "--seconds", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[1:]]
+    assert [(row[0], row[1]) for row in rows] == [(c, kind) for c in ("1", "4") for kind in bench_floor.APPS]
+    assert all(float(row[2].replace(",", "")) > 0 for row in rows)
