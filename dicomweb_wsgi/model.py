@@ -98,6 +98,12 @@ STUDY_LEVEL_TAGS: frozenset[str] = frozenset({
     "00200010", "00321032", "00321033", "00321060", "00321064", "00324000", "00401012", "00102180",
     "001021B0", "00380010", "00380014", "00380060", "00380062", "00380500", "00400031", "00400032",
     "00400033",
+    # Patient module outside group 0010 (PS3.3 C.7.1.1): Referenced Patient Sequence, Patient Identity
+    # Removed, De-identification Method (Code Sequence); General Study: Consulting Physician
+    # Identification Sequence; Clinical Trial Subject and Clinical Trial Study modules (C.7.1.3, C.7.2.3).
+    "00081120", "00120062", "00120063", "00120064", "0008009D",
+    "00120010", "00120020", "00120021", "00120030", "00120031", "00120040", "00120042", "00120081",
+    "00120082", "00120050", "00120051",
 })
 # Attributes kept at series level: general series and general equipment modules (PS3.4 C.6.1.1.4).
 SERIES_LEVEL_TAGS: frozenset[str] = frozenset({
@@ -105,6 +111,13 @@ SERIES_LEVEL_TAGS: frozenset[str] = frozenset({
     "0008103E", "00081040", "00081050", "00081052", "00081070", "00081072", "00081090", "00081111",
     "00180015", "00181000", "00181020", "00185100", "0020000E", "00200011", "00200060", "00400244",
     "00400245", "00400253", "00400254", "00400260", "00400275", "00080068", "00100024",
+    # General Series (PS3.3 C.7.3.1): Protocol Name, Series Description Code Sequence, Related Series
+    # Sequence, Smallest/Largest Pixel Value in Series, PPS End Date/Time, Comments on the PPS;
+    # Clinical Trial Series (C.7.3.2); General Equipment (C.7.5.1): Institutional Department Type Code
+    # Sequence, Device UID, Gantry ID, Spatial Resolution, Date/Time of Last Calibration.
+    "00181030", "0008103F", "00081250", "00280108", "00280109", "00400250", "00400251", "00400280",
+    "00120060", "00120071", "00120072", "00081041", "00181002", "00181008", "00181050", "00181200",
+    "00181201",
 })
 # Attributes each level holds a value of its own: PS3.18 Tables 10.6.3-3/-4/-5 return TimezoneOffsetFromUTC
 # with studies, series and instances. Stored with the series attributes (``level_of_tag``); the index

@@ -342,6 +342,46 @@ def test_search_match_keys_are_returned(archive):
     assert series["00104000"] == {"vr": "LT"}       # universal matching on an absent attribute
 
 
+def test_search_series_and_patient_module_attributes_are_held_at_their_level(dicomweb_client):
+    # Protocol Name is General Series (PS3.3 C.7.3.1) and Patient Identity Removed the Patient module
+    # (C.7.1.1): series and study keys of the Study Root levels (PS3.4 C.6.1.1), returned as match keys
+    # and includefields (PS3.18 §8.3.4.3) even outside the common attribute lists.
+    ds = make_dataset(ProtocolName="CHEST ROUTINE", PatientIdentityRemoved="YES", GantryID="G7")
+    store(dicomweb_client, [ds])
+    get = lambda path: dicomweb_client.get(path, headers=JSON_ACCEPT, status=200).json  # noqa: E731
+    (by_include,) = get("/series?includefield=ProtocolName,GantryID")
+    assert (_value(by_include, "00181030"), _value(by_include, "00181008")) == ("CHEST ROUTINE", "G7")
+    (by_key,) = get("/series?ProtocolName=CHEST*")
+    assert _value(by_key, "00181030") == "CHEST ROUTINE"
+    assert get("/series?ProtocolName=HEAD*") == []
+    (by_all,) = get(f"/studies/{ds.StudyInstanceUID}/series?includefield=all")
+    assert _value(by_all, "00181030") == "CHEST ROUTINE"
+    (instance,) = get("/instances?includefield=ProtocolName")
+    assert _value(instance, "00181030") == "CHEST ROUTINE"
+    (study,) = get("/studies?PatientIdentityRemoved=YES")
+    assert _value(study, "00120062") == "YES"
+    (study,) = get("/studies?includefield=00120062")
+    assert _value(study, "00120062") == "YES"
+
+
+def test_search_module_attributes_of_an_index_written_before_migration_7(dicomweb_app, dicomweb_client):
+    ds = make_dataset(ProtocolName="CHEST ROUTINE", PatientIdentityRemoved="YES")
+    store(dicomweb_client, [ds])
+    with dicomweb_app.archive.index.write() as conn:  # as schema 6 kept them: with the instance only
+        conn.execute("""UPDATE series SET attrs_json=json_remove(attrs_json, '$."00181030"')""")
+        conn.execute("""UPDATE study SET attrs_json=json_remove(attrs_json, '$."00120062"')""")
+        conn.execute("PRAGMA user_version=6")
+    assert dicomweb_client.get("/series?ProtocolName=CHEST*", status=200).json == []
+    reopened = make_client(dicomweb_app.archive.settings.data_dir)
+    try:
+        (series,) = reopened.get("/series?ProtocolName=CHEST*", status=200).json
+        assert _value(series, "00181030") == "CHEST ROUTINE"
+        (study,) = reopened.get("/studies?includefield=PatientIdentityRemoved", status=200).json
+        assert _value(study, "00120062") == "YES"
+    finally:
+        reopened.app.close()
+
+
 # -- includefield ----------------------------------------------------------------------------------
 
 

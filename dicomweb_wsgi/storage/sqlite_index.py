@@ -151,8 +151,25 @@ _MIGRATION_6 = [
                           ("series", "pps_start_date"), ("instance", "content_date"))
 ]
 
+# Migration 7: attributes of the Patient, Study, Series and Equipment modules that were kept with the
+# instance only (model.level_of_tag did not list them), so series and study results never returned
+# them; their rows get the values of their latest stored instance, as a store now gives them.
+_MIGRATION_7 = [
+    f"UPDATE {table} SET attrs_json=json_set(attrs_json, '$.\"{tag}\"', "
+    f"json(json_extract({_LATEST.format(table=table)}, '$.\"{tag}\"'))) "
+    f"WHERE json_type({_LATEST.format(table=table)}, '$.\"{tag}\"')='object'"
+    for table, tags in (
+        ("study", ("00081120", "00120062", "00120063", "00120064", "0008009D", "00120010", "00120020",
+                   "00120021", "00120030", "00120031", "00120040", "00120042", "00120081", "00120082",
+                   "00120050", "00120051")),
+        ("series", ("00181030", "0008103F", "00081250", "00280108", "00280109", "00400250", "00400251",
+                    "00400280", "00120060", "00120071", "00120072", "00081041", "00181002", "00181008",
+                    "00181050", "00181200", "00181201")))
+    for tag in tags
+]
+
 MIGRATIONS: list[Migration] = [_migration_1(), _MIGRATION_2, _MIGRATION_3, _MIGRATION_4, _MIGRATION_5,
-                               _MIGRATION_6]
+                               _MIGRATION_6, _MIGRATION_7]
 
 
 def _study_json(rec: InstanceRecord) -> str:
