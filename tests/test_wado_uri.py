@@ -202,7 +202,7 @@ def test_wado_uri_unparseable_content_type_is_400(dicomweb_client, ct):
 
 def test_wado_uri_ohif_request_is_byte_identical_to_stored_file(dicomweb_app, dicomweb_client, ct):
     resp = dicomweb_client.get(wado_url(ct, contentType="application/dicom", transferSyntax="*"), status=200)
-    assert resp.headers["Content-Type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    assert resp.headers["Content-Type"] == "application/dicom"  # PS3.18 §8.7.3.5.2: no transfer-syntax parameter
     assert resp.body == _stored_bytes(dicomweb_app, ct)
     assert resp.body == dataset_bytes(ct)
 
@@ -220,7 +220,7 @@ def test_wado_uri_dicom_never_sends_implicit_vr(dicomweb_client, transfer_syntax
                                         transferSyntax=transfer_syntax), status=200)
     got = pydicom.dcmread(io.BytesIO(resp.body))
     assert got.file_meta.TransferSyntaxUID == EXPLICIT_LE
-    assert resp.headers["Content-Type"] == f"application/dicom; transfer-syntax={EXPLICIT_LE}"
+    assert resp.headers["Content-Type"] == "application/dicom"
     assert np.array_equal(got.pixel_array, original.pixel_array)
 
 
@@ -234,6 +234,7 @@ def test_wado_uri_dicom_transcodes_to_requested_syntax(dicomweb_client, ct):
                                status=200)
     got = pydicom.dcmread(io.BytesIO(resp.body))
     assert got.file_meta.TransferSyntaxUID == rle
+    assert resp.headers["Content-Type"] == "application/dicom"  # the syntax is in the file meta only
     assert np.array_equal(got.pixel_array, ct.pixel_array)
 
 
@@ -520,3 +521,29 @@ _VALUES = st.one_of(st.text(max_size=12), st.integers(-5, 300).map(str),
 def test_wado_uri_any_parameter_values_never_500(dicomweb_client, ct, params):
     resp = dicomweb_client.get(wado_url(ct, **params), status="*")
     assert resp.status_int in (200, 400, 404, 406), (params, resp.status, resp.text[:200])
+
+
+@pytest.mark.parametrize("content_type,accept,expected", [
+    ("video/mpeg", "video/mpeg, image/png", "image/png"),
+    ("image/bmp", "image/bmp, image/gif;q=0.5", "image/gif"),
+])
+def test_wado_uri_content_type_not_producible_falls_back_to_accept_header(dicomweb_client, ct, content_type,
+                                                                          accept, expected):
+    # PS3.18 §8.7.8.1: no contentType type can be produced, so the Accept header's best one is sent,
+    # not a 406 for the default (image/jpeg) that the header leaves out.
+    resp = dicomweb_client.get(wado_url(ct, contentType=content_type), headers={"Accept": accept}, status=200)
+    assert resp.headers["Content-Type"] == expected
+    assert Image.open(io.BytesIO(resp.body)).size == (ct.Columns, ct.Rows)
+
+
+def test_wado_uri_report_content_type_not_producible_falls_back_to_accept_header(dicomweb_client, report):
+    resp = dicomweb_client.get(wado_url(report, contentType="application/pdf"),
+                               headers={"Accept": "application/pdf, text/plain"}, status=200)
+    assert resp.headers["Content-Type"].split(";")[0] == "text/plain"
+
+
+def test_wado_uri_fallback_to_accept_header_still_refuses_dicom_mixed_with_images(dicomweb_client, ct):
+    dicomweb_client.get(wado_url(ct, contentType="video/mpeg"), status=400,
+                        headers={"Accept": "video/mpeg, application/dicom, image/png"})
+    dicomweb_client.get(wado_url(ct, contentType="video/mpeg"), headers={"Accept": "video/mpeg"}, status=406)
+

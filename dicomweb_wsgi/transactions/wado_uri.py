@@ -246,10 +246,14 @@ def _select_media_type(req: Request, target: _Target) -> str:
     refuse_dicom_with_rendered(ranges)
     if ranges and ranges[0].type == DICOM and ranges[0].q > 0:
         return DICOM  # decided without reading the object (OHIF's wadouri requests)
-    if ranges:
-        selection = negotiate(ranges, [Offer(offer, multipart=False) for offer in target.offers])
-        if selection is not None:
-            return selection.offer.media_type
+    offers = [Offer(offer, multipart=False) for offer in target.offers]
+    selection = negotiate(ranges, offers) if ranges else None
+    if selection is None and values and header:
+        # PS3.18 §8.7.8.1: when no contentType type can be produced, the Accept header's best one.
+        refuse_dicom_with_rendered(header)
+        selection = negotiate(header, offers)
+    if selection is not None:
+        return selection.offer.media_type
     default = target.offers[0]
     if header and not _allows(header, default):
         raise NotAcceptable(f"this object can be sent as {', '.join(target.offers)}; "
@@ -277,7 +281,9 @@ def _retrieve_dicom(req: Request, target: _Target) -> Response:
         raise NotAcceptable(f"transferSyntax {ts} shall not be used by web services (PS3.18 §8.7.3)")
     if ts != stored and ts not in transcode.producible_syntaxes(stored):
         raise NotAcceptable(f"the instance stored in {stored} cannot be sent in {ts}")
-    content_type = f"{DICOM}; transfer-syntax={ts}"
+    # PS3.18 §8.7.3.5.2: the URI service carries no transfer-syntax media type parameter; the File
+    # Meta Information says which syntax was sent.
+    content_type = DICOM
     if anonymized is None:
         if ts == stored:
             return Response.for_file(target.path, content_type)
