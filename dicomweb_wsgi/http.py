@@ -12,7 +12,7 @@ from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Iterator, Sequence, Tuple, Union
 from urllib.parse import parse_qs, quote, urlsplit
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 
 if TYPE_CHECKING:
     from .app import AppContext
@@ -85,7 +85,11 @@ class Request:
         return data
 
     def body_stream(self, limit: int) -> tuple[BinaryIO, int | None]:
-        """The request body stream and its length; 413 before reading anything if it is too large."""
+        """The request body stream and its length; 413 before reading anything if it is too large, 415
+        if it is content-coded (we decode none, and must not parse coded bytes as the body)."""
+        coding = self.environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+        if coding not in ("", "identity"):
+            raise UnsupportedMediaType(f"Content-Encoding {coding!r} is not supported: send the body unencoded")
         length = self.content_length
         if length is not None and length > limit:
             raise PayloadTooLarge(f"request body of {length} bytes exceeds the limit of {limit} bytes")

@@ -72,8 +72,9 @@ def bulk_prefix(study_uid: str, series_uid: str, sop_uid: str) -> str:
 
 
 def _uid_value(obj: dict, tag: str) -> str | None:
+    """The single UID value of ``tag``; None when absent or multi-valued (these UIDs have VM 1)."""
     values = obj.get(tag, {}).get("Value")
-    if values and isinstance(values[0], str):
+    if values and len(values) == 1 and isinstance(values[0], str):
         return values[0].strip()
     return None
 

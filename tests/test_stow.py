@@ -1,6 +1,7 @@
 """STOW-RS through HTTP: media types, response module, status codes, failure reasons, no traces."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -8,6 +9,8 @@ import re
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
 from dicomweb_wsgi.app import make_app
 from dicomweb_wsgi.testing import dataset_bytes, make_dataset, new_uid, store, stow_body
@@ -382,3 +385,29 @@ def test_stow_refused_after_a_committed_batch_says_how_many_were_stored(tmp_path
         assert app.archive.index.counts()["instances"] == 200
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("tag", [0x0020000D, 0x0020000E])
+def test_stow_multi_valued_study_or_series_uid_fails_with_a900(dicomweb_client, tag):
+    # Study and Series Instance UID have VM 1 (PS3.3 C.7.2.1, C.7.3.1): not stored under the first value.
+    ds = make_dataset()
+    value = b"1.2.840.99.1\\1.2.840.99.2"
+    ds[tag] = RawDataElement(Tag(tag), "UI", len(value), value, 0, False, True)
+    content_type, body = stow_body([ds])
+    resp = dicomweb_client.post("/studies", body, headers={"Content-Type": content_type}, status=409)
+    assert [f["00081197"]["Value"] for f in _seq(resp.json, "00081198")] == [[0xA900]]
+    assert dicomweb_client.app.archive.index.counts()["instances"] == 0
+
+
+@pytest.mark.parametrize("single_part", [False, True])
+@pytest.mark.parametrize("coding", ["gzip", "br"])
+def test_stow_content_coded_body_is_415_not_parsed(dicomweb_client, single_part, coding):
+    # RFC 9110 §8.4.1: a content coding the server does not decode is refused, not parsed as the body.
+    ds = make_dataset()
+    content_type, raw = ("application/dicom", dataset_bytes(ds)) if single_part else stow_body([ds])
+    resp = dicomweb_client.post("/studies", gzip.compress(raw) if coding == "gzip" else raw, status=415,
+                                headers={"Content-Type": content_type, "Content-Encoding": coding})
+    assert "Content-Encoding" in resp.text
+    assert dicomweb_client.app.archive.index.counts()["instances"] == 0
+    dicomweb_client.post("/studies", raw, headers={"Content-Type": content_type, "Content-Encoding": "identity"},
+                         status=200)

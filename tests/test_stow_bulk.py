@@ -489,3 +489,44 @@ def test_stow_json_instance_without_sop_uids_fails(dicomweb_client):
     resp = _post(dicomweb_client, _body([({"Content-Type": "application/dicom+json"}, json.dumps([meta]).encode())]),
                  status=409)
     assert resp.json["00081198"]["Value"][0]["00081197"]["Value"] == [0xA900]
+
+
+def _good_and_jpeg_instance(**extra) -> tuple[Dataset, dict, Dataset, dict, bytes]:
+    """An uncompressed instance with inline pixels, and a JPEG Baseline one whose Pixel Data is a part."""
+    good = read_dataset(dataset_bytes(make_dataset()))
+    bad = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    bad.StudyInstanceUID, bad.SeriesInstanceUID, bad.SOPInstanceUID = new_uid(), new_uid(), new_uid()
+    frame = next(generate_frames(bad.PixelData, number_of_frames=1))
+    bad_meta = bad.to_json_dict(bulk_data_threshold=1 << 30)
+    bad_meta["7FE00010"] = {"vr": "OB", "BulkDataURI": "https://client.example/pixels"}
+    bad_meta.update(extra)
+    return good, good.to_json_dict(bulk_data_threshold=1 << 30), bad, bad_meta, frame
+
+
+def _stored_one_failed_other(resp, good: Dataset, bad: Dataset) -> dict:
+    failed = resp.json["00081198"]["Value"]
+    assert [f["00081155"]["Value"] for f in failed] == [[bad.SOPInstanceUID]]
+    assert [r["00081155"]["Value"] for r in resp.json["00081199"]["Value"]] == [[good.SOPInstanceUID]]
+    return failed[0]
+
+
+@pytest.mark.parametrize("pixel_type", ["image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50",
+                                        "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.50"])
+def test_unreadable_jpeg_part_with_transfer_syntax_fails_only_its_instance(dicomweb_client, pixel_type):
+    # A value that cannot be read fails its instance (0xC000); the others are stored (PS3.18 Table 10.5.3-1).
+    good, good_meta, bad, bad_meta, _ = _good_and_jpeg_instance()
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([good_meta, bad_meta]).encode()),
+                  ({"Content-Type": pixel_type, "Content-Location": "https://client.example/pixels"},
+                   b"not a JPEG codestream")])
+    failed = _stored_one_failed_other(_post(dicomweb_client, body, status=202), good, bad)
+    assert failed["00081197"]["Value"] == [0xC000]
+
+
+@pytest.mark.parametrize("frames_value", [["abc"], ["1", "2"]])
+def test_number_of_frames_not_one_integer_fails_its_instance_not_a_500(dicomweb_client, frames_value):
+    good, good_meta, bad, bad_meta, frame = _good_and_jpeg_instance(
+        **{"00280008": {"vr": "IS", "Value": frames_value}})
+    body = _body([({"Content-Type": "application/dicom+json"}, json.dumps([good_meta, bad_meta]).encode()),
+                  ({"Content-Type": "image/jpeg", "Content-Location": "https://client.example/pixels"}, frame)])
+    failed = _stored_one_failed_other(_post(dicomweb_client, body, status=202), good, bad)
+    assert failed["00081197"]["Value"] == [0xA900]

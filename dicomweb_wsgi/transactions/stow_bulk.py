@@ -248,7 +248,10 @@ def _write_instance(obj: dict[str, Any], bulk: _BulkParts, spool_dir: str) -> tu
     syntax = EXPLICIT_VR_LE
     if compressed:
         syntax = compressed[0].syntax
-        _describe_pixels(ds, compressed[0])
+        try:
+            _describe_pixels(ds, compressed[0])
+        except BadRequest as exc:  # a Pixel Data part that cannot be read fails its instance only
+            raise _InstanceFailure(DicomStatus.CANNOT_UNDERSTAND, exc.reason) from None
         elem = ds["PixelData"]
         elem.VR = "OB"
         elem.is_undefined_length = True
@@ -427,6 +430,9 @@ def _describe_pixels(ds: Dataset, pixels: _Pixels) -> None:
     """Fill in the Image Pixel Description attributes the metadata left out (PS3.18 §10.5)."""
     count = len(pixels.frames)
     declared = ds.get("NumberOfFrames")
+    if declared not in (None, "") and not isinstance(declared, int):
+        raise _InstanceFailure(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                               f"NumberOfFrames {declared!r} is not one integer")
     if declared not in (None, "") and int(declared) != count:
         raise _InstanceFailure(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
                                f"NumberOfFrames is {declared} but {count} Pixel Data frame part(s) were sent")
