@@ -70,7 +70,10 @@ def test_bulkdata_every_uri_in_metadata_returns_the_value(dicomweb_app, dicomweb
         assert single.body == expected and single.headers["Content-Type"] == "application/octet-stream"
 
 
-def test_bulkdata_encapsulated_pixel_data_is_sent_frame_by_frame(dicomweb_client):
+def test_bulkdata_encapsulated_pixel_data_as_stored_frame_by_frame_decoded_as_one_value(dicomweb_client):
+    # PS3.18 §10.4.3.3.5: every part carries the BulkDataURI asked for; decoded, the value is one
+    # element, every frame in order, as native Pixel Data holds it (a client reading the first part
+    # must not get frame 1 alone).
     ds = store_file(dicomweb_client, "SC_rgb_rle_2frame.dcm")
     uri = dicomweb_client.get(instance_url(ds) + "/metadata", status=200).json[0]["7FE00010"]["BulkDataURI"]
     resp = dicomweb_client.get(local(uri), headers={
@@ -78,9 +81,24 @@ def test_bulkdata_encapsulated_pixel_data_is_sent_frame_by_frame(dicomweb_client
     parts = parse_multipart(resp.headers["Content-Type"], resp.body)
     assert [body for _, body in parts] == list(generate_frames(ds.PixelData, number_of_frames=2))
     assert parts[0][0]["Content-Type"] == "image/dicom-rle; transfer-syntax=1.2.840.10008.1.2.5"
+    assert [headers["Content-Location"] for headers, _ in parts] == [uri, uri]
     decoded = dicomweb_client.get(local(uri), status=200)
-    parts = parse_multipart(decoded.headers["Content-Type"], decoded.body)
-    assert [body for _, body in parts] == [frame.tobytes() for frame in ds.pixel_array]
+    (headers, body), = parse_multipart(decoded.headers["Content-Type"], decoded.body)
+    assert body == ds.pixel_array.tobytes() and headers["Content-Location"] == uri
+    everything = dicomweb_client.get(instance_url(ds) + "/bulkdata", status=200)
+    (headers, body), = [part for part in parse_multipart(everything.headers["Content-Type"], everything.body)
+                        if part[0]["Content-Location"] == uri]
+    assert body == ds.pixel_array.tobytes()
+
+
+def test_bulkdata_single_frame_jpeg_part_carries_its_bulkdata_uri(dicomweb_client):
+    ds = store_file(dicomweb_client, "SC_rgb_jpeg_dcmtk.dcm")
+    uri = dicomweb_client.get(instance_url(ds) + "/metadata", status=200).json[0]["7FE00010"]["BulkDataURI"]
+    for accept in ('multipart/related; type="application/octet-stream"',
+                   'multipart/related; type="application/octet-stream"; transfer-syntax=*'):
+        resp = dicomweb_client.get(local(uri), headers={"Accept": accept}, status=200)
+        (headers, _), = parse_multipart(resp.headers["Content-Type"], resp.body)
+        assert headers["Content-Location"] == uri
 
 
 @pytest.mark.parametrize("range_header, status, window, content_range", [

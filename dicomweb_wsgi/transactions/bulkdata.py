@@ -16,9 +16,11 @@ as its MIME Type of Encapsulated Document (e.g. ``application/pdf``). HTTP ``Ran
 ``bytes`` range) is honoured for a single value: 206 with ``Content-Range`` (for multipart in the
 part's headers); 416 when it starts past the end; several ranges or other units are ignored.
 Encapsulated Pixel Data (the BulkDataURI of a compressed image, or inside ``/bulkdata``) is sent
-frame by frame as the ``/pixeldata`` resource sends it (``transfer-syntax=*`` for the stored
-codestreams; decoded to uncompressed otherwise; Range ignored). Other encapsulated values (rare,
-nested) are sent as their fragments joined. Statuses: 200, 206, 404, 406, 416.
+as the stored codestreams, one part a frame, when asked with ``transfer-syntax=*`` or a compressed
+media type, and otherwise decoded into one part holding every frame (the value a native Pixel Data
+element would hold); every part is labelled with the BulkDataURI (Range ignored). Other
+encapsulated values (rare, nested) are sent as their fragments joined. Statuses: 200, 206, 404,
+406, 416.
 """
 from __future__ import annotations
 
@@ -67,7 +69,8 @@ def retrieve_bulkdata(req: Request, study_uid: str, series_uid: str, sop_uid: st
     if path == PIXEL_DATA_PATH and ref["length"] is None:
         source = pixel_source(req, inst)
         if source is not None:
-            return serve_frames(req, [(source, list(range(1, source.frames + 1)))])
+            return serve_frames(req, [(source, list(range(1, source.frames + 1)))],
+                                bulk_location=bulk_uri(req.base_url, inst, path))
     offers = [Offer(OCTET_STREAM, True, _UNCOMPRESSED), Offer(OCTET_STREAM, False, _UNCOMPRESSED)]
     mime, document_length = _document_description(req, inst, path) if path.endswith(_ENCAPSULATED_DOCUMENT) \
         else (None, None)
@@ -152,7 +155,7 @@ def _bulk_parts(req: Request, jobs: list[tuple[StoredInstance, dict[str, Any]]],
         if _is_encapsulated_pixels(ref):
             source = pixel_source(req, inst)
             if source is not None:
-                yield from frame_parts(source, base, target)
+                yield from frame_parts(source, bulk_uri(base, inst, ref["path"]), target)
                 continue
         value = locate(req, inst, ref)
         yield ({"Content-Type": OCTET_STREAM, "Content-Location": bulk_uri(base, inst, ref["path"])},

@@ -228,8 +228,13 @@ def frame_content_type(syntax: str) -> str:
     return f"{transcode.media_type_for(syntax)}; transfer-syntax={syntax}"
 
 
-def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) -> Response:
+def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]],
+                 bulk_location: str | None = None) -> Response:
     """The response for frames of one or more instances: negotiate, then one frame a part.
+
+    ``bulk_location`` serves the Pixel Data BulkDataURI of one encapsulated instance instead: every
+    part is labelled with that URI (PS3.18 §10.4.3.3.5), and decoded frames form one part, the
+    value as a native Pixel Data element would hold it.
 
     The first frame is produced before the status is sent, so a frame that cannot be decoded or
     encoded as asked is a 406, unless the Accept list names something else that can be produced:
@@ -275,6 +280,10 @@ def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) 
             refused.add(failed)
             first_failure = first_failure or exc
     base = req.base_url
+
+    def location(source: PixelSource, number: int) -> str:
+        return bulk_location or source.frame_url(base, number)
+
     if not selection.offer.multipart:
         if all(stored):
             spliced = SplicedFile(stored[0][0])  # type: ignore[index]
@@ -282,7 +291,7 @@ def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) 
                             file_length=spliced.length)
         else:
             resp = Response(body=data, content_type=frame_content_type(syntax))
-        resp.add_header("Content-Location", first_source.frame_url(base, first_number))
+        resp.add_header("Content-Location", location(first_source, first_number))
         return resp
     params = {}
     if "*" not in targets or len({sent_as_stored(source.syntax) for source, _ in wanted}) == 1:
@@ -293,13 +302,19 @@ def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]]) 
     if all(stored):
         spliced = SplicedFile(multipart_segments(
             (({"Content-Type": frame_content_type(ranges_syntax[1]),
-               "Content-Location": source.frame_url(base, number)}, ranges_syntax[0])
+               "Content-Location": location(source, number)}, ranges_syntax[0])
              for (source, number, _), ranges_syntax in zip(jobs, stored) if ranges_syntax), boundary))
         return Response(content_type=content_type, file=spliced, file_length=spliced.length)  # type: ignore[arg-type]
-    head = [_frame_part(first_source, first_number, base, data, syntax)]
-    rest = (_frame_part(source, number, base, *read_frame(source, number, target))
-            for source, number, target in jobs[1:])
-    body: bytes | Iterable[bytes] = write_multipart(itertools.chain(head, rest), boundary)
+    body: bytes | Iterable[bytes]
+    if bulk_location is not None and syntax == transcode.EXPLICIT_VR_LE:
+        frames = itertools.chain([data], (read_frame(source, number, target)[0] for source, number, target in jobs[1:]))
+        body = write_multipart([({"Content-Type": frame_content_type(syntax), "Content-Location": bulk_location},
+                                 frames)], boundary)
+    else:
+        head = [_frame_part(location(first_source, first_number), data, syntax)]
+        rest = (_frame_part(location(source, number), *read_frame(source, number, target))
+                for source, number, target in jobs[1:])
+        body = write_multipart(itertools.chain(head, rest), boundary)
     if len(data) * len(jobs) <= _WHOLE_BODY_LIMIT:
         # A body of known length keeps the connection alive (waitress closes it after a chunked
         # one) and lets a later frame that cannot be produced still be an error status.
@@ -331,17 +346,23 @@ def stored_ranges(source: PixelSource, number: int,
         transcode.EXPLICIT_VR_LE
 
 
-def _frame_part(source: PixelSource, number: int, base: str, data: bytes,
-                syntax: str) -> tuple[dict[str, str], list[bytes]]:
-    return {"Content-Type": frame_content_type(syntax),
-            "Content-Location": source.frame_url(base, number)}, [data]
+def _frame_part(location: str, data: bytes, syntax: str) -> tuple[dict[str, str], list[bytes]]:
+    return {"Content-Type": frame_content_type(syntax), "Content-Location": location}, [data]
 
 
-def frame_parts(source: PixelSource, base: str,
-                target: str | None) -> Iterator[tuple[dict[str, str], list[bytes]]]:
-    """Every frame of ``source`` as a multipart part, produced as the body gets to it."""
+def frame_parts(source: PixelSource, location: str,
+                target: str | None) -> Iterator[tuple[dict[str, str], Iterable[bytes]]]:
+    """The encapsulated Pixel Data of ``source`` as multipart parts labelled ``location`` (its
+    BulkDataURI), produced as the body gets to them: one part a frame as stored (``target`` "*"),
+    or one part of every frame decoded."""
+    if target != "*":
+        first = read_frame(source, 1, target)[0]  # before the status goes out: a 406, not a cut stream
+        rest = (read_frame(source, number, target)[0] for number in range(2, source.frames + 1))
+        yield ({"Content-Type": frame_content_type(transcode.EXPLICIT_VR_LE), "Content-Location": location},
+               itertools.chain([first], rest))
+        return
     for number in range(1, source.frames + 1):
-        yield _frame_part(source, number, base, *read_frame(source, number, target))
+        yield _frame_part(location, *read_frame(source, number, target))
 
 
 def read_frame(source: PixelSource, number: int, target: str | None) -> tuple[bytes, str]:
