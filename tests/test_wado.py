@@ -101,6 +101,23 @@ def test_retrieve_unacceptable_returns_406(dicomweb_client, study, accept):
     dicomweb_client.get(f"/studies/{study[0]}", headers={"Accept": accept}, status=406)
 
 
+@pytest.mark.parametrize("level", ["study", "series", "instance"])
+def test_retrieve_instance_resources_send_bulk_data_as_octet_stream(dicomweb_client, level):
+    # PS3.18 Table 10.4.4-1: the instance resources also offer their instances' bulk data.
+    ds, _ = _store_file(dicomweb_client, "CT_small.dcm")
+    url = {"study": f"/studies/{ds.StudyInstanceUID}",
+           "series": f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}",
+           "instance": _instance_url(ds)}[level]
+    resp = dicomweb_client.get(url, headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+                               status=200)
+    parts = parse_multipart(resp.headers["Content-Type"], resp.body)
+    pixel_uri = dicomweb_client.get(_instance_url(ds) + "/metadata").json[0]["7FE00010"]["BulkDataURI"]
+    assert [body for headers, body in parts if headers["Content-Location"] == pixel_uri] == [ds.PixelData]
+    both = 'multipart/related; type="application/dicom", multipart/related; type="application/octet-stream"'
+    resp = dicomweb_client.get(url, headers={"Accept": both}, status=200)
+    assert 'type="application/dicom"' in resp.headers["Content-Type"]
+
+
 def test_retrieve_study_single_part_is_406(dicomweb_client, study):
     dicomweb_client.get(f"/studies/{study[0]}", headers={"Accept": "application/dicom"}, status=406)
 

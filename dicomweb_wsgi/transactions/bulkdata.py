@@ -47,6 +47,8 @@ _UNCOMPRESSED = frozenset({transcode.EXPLICIT_VR_LE})
 _ENCAPSULATED_DOCUMENT = "00420011"
 _DOCUMENT_MIME_TYPE = "00420012"
 _DOCUMENT_LENGTH = "00420015"
+# What the /bulkdata resources, and the study, series and instance resources, send as bulk data.
+BULK_OFFER = Offer(OCTET_STREAM, True, _UNCOMPRESSED)
 
 
 @dataclass(frozen=True)
@@ -108,23 +110,24 @@ def retrieve_bulkdata(req: Request, study_uid: str, series_uid: str, sop_uid: st
 
 def retrieve_study_bulkdata(req: Request, study_uid: str) -> Response:
     """All bulk data of a study's instances, one value (or frame) a part."""
-    return _all_bulkdata(req, req.ctx.archive.instances(study_uid), f"study {study_uid}")
+    return all_bulkdata(req, req.ctx.archive.instances(study_uid), f"study {study_uid}")
 
 
 def retrieve_series_bulkdata(req: Request, study_uid: str, series_uid: str) -> Response:
     """All bulk data of a series' instances, one value (or frame) a part."""
-    return _all_bulkdata(req, req.ctx.archive.instances(study_uid, series_uid), f"series {series_uid}")
+    return all_bulkdata(req, req.ctx.archive.instances(study_uid, series_uid), f"series {series_uid}")
 
 
 def retrieve_instance_bulkdata(req: Request, study_uid: str, series_uid: str, sop_uid: str) -> Response:
     """All bulk data of one instance, one value (or frame) a part."""
-    return _all_bulkdata(req, req.ctx.archive.instances(study_uid, series_uid, sop_uid), f"instance {sop_uid}")
+    return all_bulkdata(req, req.ctx.archive.instances(study_uid, series_uid, sop_uid), f"instance {sop_uid}")
 
 
-def _all_bulkdata(req: Request, instances: list[StoredInstance], what: str) -> Response:
+def all_bulkdata(req: Request, instances: list[StoredInstance], what: str) -> Response:
+    """Every bulk data value of ``instances``, one value (or stored frame) a part."""
     if not instances:
         raise NotFound(f"{what} not found")
-    selection = negotiate(req.accept, [Offer(OCTET_STREAM, True, _UNCOMPRESSED)])
+    selection = negotiate(req.accept, [BULK_OFFER])
     if selection is None:
         raise NotAcceptable("bulk data resources are multipart/related; type=\"application/octet-stream\"")
     as_stored = selection.transfer_syntax == "*"

@@ -2,10 +2,12 @@
 
 Supports: ``multipart/related; type="application/dicom"`` (default) for study, series and instance,
 single-part ``application/dicom`` for an instance, and ``application/zip`` (Supplement 211: the
-PS3.10 files in one ZIP archive, for browsers and bulk downloads) for all three; the
-``transfer-syntax`` parameter (a UID or ``*``); Accept lists with q-values and the ``accept`` query
-parameter. Responses are streamed from the stored files. When no instance needs transcoding, the whole body (one file, or the stored files
-between multipart framing bytes) is known before the status goes out and is sent with a
+PS3.10 files in one ZIP archive, for browsers and bulk downloads) for all three, and
+``multipart/related; type="application/octet-stream"`` (the instances' bulk data, sent by
+``bulkdata.py``); the ``transfer-syntax`` parameter (a UID or ``*``); Accept lists with q-values and
+the ``accept`` query parameter. Responses are streamed from the stored files. When no instance
+needs transcoding, the whole body (one file, or the stored files between multipart framing bytes)
+is known before the status goes out and is sent with a
 Content-Length through ``wsgi.file_wrapper`` (so the connection stays alive); a response that
 transcodes is a chunked generator.
 
@@ -28,6 +30,7 @@ from ..http import ClosingBody, Request, Response, SplicedFile, iter_file
 from ..mediatypes import Offer, Selection, negotiate, without_syntaxes
 from ..multipart import multipart_content_type, multipart_segments, new_boundary, write_multipart
 from ..storage.base import StoredInstance
+from .bulkdata import BULK_OFFER, all_bulkdata
 
 if TYPE_CHECKING:
     from ..archive import Archive
@@ -84,8 +87,9 @@ def _offers_for(stored_syntaxes: frozenset[str], single_ok: bool) -> tuple[Offer
 def negotiate_dicom(req: Request, instances: list[StoredInstance], single_ok: bool,
                     refused: frozenset[str] = frozenset()) -> Selection:
     """The selected representation; 406 when nothing acceptable can be produced (``refused``: syntaxes
-    already found impossible for these instances)."""
-    selection = negotiate(req.accept, without_syntaxes(dicom_offers(instances, single_ok), refused))
+    already found impossible for these instances). Bulk data (``BULK_OFFER``) is offered last, so it
+    is chosen only when the Accept list prefers it to every DICOM representation."""
+    selection = negotiate(req.accept, (*without_syntaxes(dicom_offers(instances, single_ok), refused), BULK_OFFER))
     if selection is None:
         raise NotAcceptable("none of the acceptable media types or transfer syntaxes can be produced; "
                             "this resource offers multipart/related; type=\"application/dicom\""
@@ -112,6 +116,9 @@ def _retrieve(req: Request, instances: list[StoredInstance], what: str, uid: str
             if first_failure is None:
                 raise
             raise first_failure from None
+        if selection.offer == BULK_OFFER:
+            # PS3.18 Table 10.4.4-1: instance resources also offer their instances' bulk data.
+            return all_bulkdata(req, instances, what)
         try:
             return _respond(req, instances, selection, uid)
         except NotAcceptable as exc:
