@@ -292,6 +292,26 @@ def test_frames_as_image_jpeg_without_a_syntax_are_never_made_lossy(dicomweb_cli
     assert headers["Content-Type"].endswith("1.2.840.10008.1.2.4.50")
 
 
+def test_frames_any_syntax_of_an_image_type_never_sends_another_type(dicomweb_client):
+    # PS3.18 §8.7.3.5.2: transfer-syntax=* frees the syntax within image/jpeg, not the media type:
+    # native frames (and RLE ones) were sent as raw octets or image/dicom-rle under image/jpeg.
+    native = make_dataset(bits=8, rows=64, columns=64)
+    rle = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    store(dicomweb_client, [native, dataset_bytes(rle)])
+    any_jpeg = 'multipart/related; type="image/jpeg"; transfer-syntax=*'
+    for ds in (native, rle):
+        resp, _ = get_frames(dicomweb_client, ds, "1", any_jpeg, status=406)
+        resp, [(headers, body)] = get_frames(
+            dicomweb_client, ds, "1", any_jpeg + ', multipart/related; type="application/octet-stream"; q=0.5')
+        assert headers["Content-Type"].startswith("application/octet-stream")
+        assert body == ds.pixel_array.tobytes()
+    jpeg = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    store(dicomweb_client, [dataset_bytes(jpeg)])
+    _, [(headers, body)] = get_frames(dicomweb_client, jpeg, "1", any_jpeg)  # stored JPEG: sent as stored
+    assert headers["Content-Type"] == "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"
+    assert body == next(generate_frames(jpeg.PixelData, number_of_frames=1))
+
+
 def test_pixeldata_resources_send_every_frame_of_every_image(dicomweb_client):
     study, series = new_uid(), new_uid()
     multi = make_dataset(study_uid=study, series_uid=series, frames=2, rows=4, columns=4, InstanceNumber=1)

@@ -197,13 +197,15 @@ def negotiate_frames(req: Request, stored: Iterable[str], single_ok: bool,
 def frame_target(selection: Selection, stored: str) -> str | None:
     """The ``frame_as`` target for one instance: ``"*"``, a syntax UID, or None (uncompressed)."""
     requested = selection.transfer_syntax
-    if requested == "*":
-        return "*"
     media_type = selection.offer.media_type
+    if requested == "*" and (media_type == OCTET_STREAM or stored in (selection.offer.transfer_syntaxes or ())):
+        return "*"
     if media_type == OCTET_STREAM:
         return None
-    if requested:
+    if requested and requested != "*":
         return requested
+    # PS3.18 §8.7.3.5.2: "*" frees the transfer syntax within the media type, so frames stored in
+    # another type's syntax are produced like frames asked for without one.
     allowed = selection.offer.transfer_syntaxes or frozenset()
     if stored in allowed:
         return stored
@@ -257,7 +259,7 @@ def serve_frames(req: Request, wanted: Sequence[tuple[PixelSource, list[int]]],
         try:
             targets = [frame_target(selection, source.syntax) for source, _ in wanted]
         except NotAcceptable as exc:  # no default this media type may be sent in: try the next range
-            if selection.transfer_syntax is not None or not selection.offer.transfer_syntaxes:
+            if selection.transfer_syntax not in (None, "*") or not selection.offer.transfer_syntaxes:
                 raise
             refused |= selection.offer.transfer_syntaxes
             first_failure = first_failure or exc
