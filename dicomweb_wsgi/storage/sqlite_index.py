@@ -153,7 +153,8 @@ _MIGRATION_6 = [
 
 # Migration 7: attributes of the Patient, Study, Series and Equipment modules that were kept with the
 # instance only (model.level_of_tag did not list them), so series and study results never returned
-# them; their rows get the values of their latest stored instance, as a store now gives them.
+# them; their rows get the values of their latest stored instance, as a store now gives them. The tags
+# are spelt out, not read from model, so that the migration stays what it was when model changes.
 _MIGRATION_7 = [
     f"UPDATE {table} SET attrs_json=json_set(attrs_json, '$.\"{tag}\"', "
     f"json(json_extract({_LATEST.format(table=table)}, '$.\"{tag}\"'))) "

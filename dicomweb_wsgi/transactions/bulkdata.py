@@ -73,7 +73,7 @@ def retrieve_bulkdata(req: Request, study_uid: str, series_uid: str, sop_uid: st
         if source is not None:
             return serve_frames(req, [(source, list(range(1, source.frames + 1)))],
                                 bulk_location=bulk_uri(req.base_url, inst, path))
-    offers = [Offer(OCTET_STREAM, True, _UNCOMPRESSED), Offer(OCTET_STREAM, False, _UNCOMPRESSED)]
+    offers = [BULK_OFFER, Offer(OCTET_STREAM, False, _UNCOMPRESSED)]
     mime, document_length = _document_description(req, inst, path) if path.endswith(_ENCAPSULATED_DOCUMENT) \
         else (None, None)
     if mime:

@@ -430,12 +430,13 @@ def _describe_pixels(ds: Dataset, pixels: _Pixels) -> None:
     """Fill in the Image Pixel Description attributes the metadata left out (PS3.18 §10.5)."""
     count = len(pixels.frames)
     declared = ds.get("NumberOfFrames")
-    if declared not in (None, "") and not isinstance(declared, int):
-        raise _InstanceFailure(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                               f"NumberOfFrames {declared!r} is not one integer")
-    if declared not in (None, "") and int(declared) != count:
-        raise _InstanceFailure(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                               f"NumberOfFrames is {declared} but {count} Pixel Data frame part(s) were sent")
+    if declared not in (None, ""):
+        if not isinstance(declared, int):
+            raise _InstanceFailure(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                   f"NumberOfFrames {declared!r} is not one integer")
+        if declared != count:
+            raise _InstanceFailure(DicomStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                   f"NumberOfFrames is {declared} but {count} Pixel Data frame part(s) were sent")
     if count > 1 and declared in (None, ""):
         ds.NumberOfFrames = count
     if pixels.syntax == RLE:
